@@ -1,0 +1,138 @@
+"""The flow-policy protocol every adapter implements.
+
+A flow policy is a velocity field ``v(cond, x_t, t)`` in the SDK convention (t = 0 noise → t = 1 action,
+x_t = (1 - t) x0 + t x1, v ≈ x1 - x0) over a flattened action chunk of ``H*A`` dims, an :class:`ActionSpec`,
+and ``condition(obs)``: everything that depends only on the state (a VLA's vision-language prefix / KV
+cache), computed once per state and reused for every flow step and every VJP.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+Cond = Any
+"""A tensor, or a dict/tuple/list of tensors whose leading axis is the batch."""
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """Chunk length H, per-step action dim A and the box every action lives in."""
+
+    horizon: int
+    action_dim: int
+    low: float = -1.0
+    high: float = 1.0
+
+    @property
+    def flat_dim(self) -> int:
+        return self.horizon * self.action_dim
+
+    def validate_chunk(self, actions: Tensor, name: str = "actions") -> None:
+        """Raise a clear error on wrong shape, non-finite rows or out-of-box actions."""
+        want = (self.horizon, self.action_dim)
+        if actions.ndim != 3 or tuple(actions.shape[1:]) != want:
+            raise ValueError(f"{name}: expected shape (B, {want[0]}, {want[1]}), got {tuple(actions.shape)}")
+        bad = ~torch.isfinite(actions).flatten(1).all(dim=1)
+        if bad.any():
+            raise ValueError(f"{name}: {int(bad.sum())} rows contain NaN/inf (first row {int(bad.nonzero()[0])})")
+        lo, hi = float(actions.min()), float(actions.max())
+        if lo < self.low - 1e-6 or hi > self.high + 1e-6:
+            raise ValueError(f"{name}: values in [{lo:.4g}, {hi:.4g}] fall outside [{self.low}, {self.high}]")
+
+
+def tree_map(fn: Callable[[Tensor], Tensor], cond: Cond) -> Cond:
+    """Apply ``fn`` to every tensor of a conditioning pytree (dict / list / tuple / tensor)."""
+    if isinstance(cond, Tensor):
+        return fn(cond)
+    if isinstance(cond, dict):
+        return {k: tree_map(fn, v) for k, v in cond.items()}
+    if isinstance(cond, list | tuple):
+        return type(cond)(tree_map(fn, v) for v in cond)
+    return cond
+
+
+def repeat_condition(cond: Cond, n: int) -> Cond:
+    """Tile a per-state conditioning n times along the batch (block order: [cond; cond; ...])."""
+    return tree_map(lambda c: c.repeat(n, *([1] * (c.ndim - 1))), cond)
+
+
+ADAPTERS: dict[str, type[FlowPolicy]] = {}
+
+
+class FlowPolicy(nn.Module):
+    """Base class of every adapter. Subclasses set ``spec``, ``config`` and implement the two methods."""
+
+    type_name: ClassVar[str] = ""
+    spec: ActionSpec
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.type_name:
+            ADAPTERS[cls.type_name] = cls
+
+    def condition(self, obs: Tensor | dict[str, Tensor]) -> Cond:
+        """Everything that depends on the state only; computed once per state."""
+        raise NotImplementedError
+
+    def velocity(self, cond: Cond, x: Tensor, t: Tensor) -> Tensor:
+        """Velocity (B, H*A) at flattened chunk x (B, H*A) and flow time t (B,), SDK convention."""
+        raise NotImplementedError
+
+    def velocity_fn(self, cond: Cond) -> Callable[[Tensor, Tensor], Tensor]:
+        """Close over a computed condition: the callable the samplers and the adjoint consume."""
+        return lambda x, t: self.velocity(cond, x, t)
+
+    # -- serialisation: config.json + model.safetensors (no pickles) -----------------------------------
+    def get_config(self) -> dict[str, Any]:
+        cfg = getattr(self, "config", None)
+        if cfg is None:
+            raise NotImplementedError(f"{type(self).__name__} has no `config` to serialise")
+        return asdict(cfg) if not isinstance(cfg, dict) else dict(cfg)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> FlowPolicy:
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"adapter": self.type_name, "config": self.get_config()}
+        (directory / "config.json").write_text(json.dumps(meta, indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"))
+        return directory
+
+
+def load_policy(path_or_repo: str | Path, revision: str | None = None) -> FlowPolicy:
+    """Load an adapter saved by :meth:`FlowPolicy.save_pretrained` from a folder or a Hub repo id."""
+    from safetensors.torch import load_file
+
+    path = Path(path_or_repo)
+    if not path.is_dir():
+        if path.exists() or str(path_or_repo).startswith((".", "/")):
+            raise FileNotFoundError(f"policy folder not found: {path_or_repo}")
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(str(path_or_repo), revision=revision))
+    for name in ("config.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path} has no {name}: not a trqam-sdk policy folder")
+    meta = json.loads((path / "config.json").read_text())
+    kind = meta.get("adapter")
+    if kind not in ADAPTERS:
+        raise ValueError(f"{path}/config.json names adapter {kind!r}; known: {sorted(ADAPTERS)}")
+    policy = ADAPTERS[kind].from_config(meta["config"])
+    state = load_file(str(path / "model.safetensors"))
+    missing, unexpected = policy.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match {kind}: missing {missing}, unexpected {unexpected}")
+    return policy

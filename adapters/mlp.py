@@ -1,0 +1,50 @@
+"""The paper's MLP flow prior: v(s, x_t, t) = MLP([obs, x_t, t]) with the raw scalar t (SPEC §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adapters.base import ActionSpec, FlowPolicy
+from trqam_sdk.networks import MLP
+
+
+@dataclass
+class MLPPolicyConfig:
+    """Architecture of the MLP prior."""
+
+    obs_dim: int
+    horizon: int
+    action_dim: int
+    width: int = 512
+    """hidden width (512; 1024 with LayerNorm for the 10M/100M datasets)"""
+    depth: int = 4
+    layer_norm: bool = False
+
+
+class MLPFlowPolicy(FlowPolicy):
+    """Small MLP velocity field; its condition is the observation itself."""
+
+    type_name = "mlp"
+
+    def __init__(self, config: MLPPolicyConfig):
+        super().__init__()
+        self.config = config
+        self.spec = ActionSpec(config.horizon, config.action_dim)
+        d = self.spec.flat_dim
+        self.net = MLP(config.obs_dim + d + 1, d, config.width, config.depth, config.layer_norm)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> MLPFlowPolicy:
+        return cls(MLPPolicyConfig(**config))
+
+    def condition(self, obs: Tensor) -> Tensor:
+        if obs.ndim != 2 or obs.shape[1] != self.config.obs_dim:
+            raise ValueError(f"observations: expected (B, {self.config.obs_dim}), got {tuple(obs.shape)}")
+        return obs
+
+    def velocity(self, cond: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        return self.net(torch.cat([cond, x, t.to(x.dtype).unsqueeze(-1)], dim=-1))

@@ -1,0 +1,94 @@
+"""The paper's networks: an MLP (Linear → GELU(tanh) → LayerNorm(eps 1e-6)) and a batched Q ensemble.
+
+Shapes and details follow SPEC §2 so weights map one-to-one onto the authors' Flax modules
+(kernel (in, out) ⇔ our weight transposed; LayerNorm eps 1e-6; tanh-approximate GELU; lecun-normal init).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _lecun_normal_(weight: Tensor, fan_in: int) -> None:
+    nn.init.trunc_normal_(weight, std=1.0 / math.sqrt(fan_in), a=-2.0 / math.sqrt(fan_in),
+                          b=2.0 / math.sqrt(fan_in))
+
+
+class MLP(nn.Module):
+    """``depth`` hidden layers of ``width``: Linear → GELU(tanh) → [LayerNorm], then a Linear to ``out_dim``."""
+
+    def __init__(self, in_dim: int, out_dim: int, width: int = 512, depth: int = 4, layer_norm: bool = False):
+        super().__init__()
+        dims = [in_dim] + [width] * depth
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.norms = nn.ModuleList(nn.LayerNorm(width, eps=1e-6) for _ in range(depth)) if layer_norm else None
+        self.out = nn.Linear(dims[-1], out_dim)
+        for lin in [*self.hidden, self.out]:
+            _lecun_normal_(lin.weight, lin.in_features)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, lin in enumerate(self.hidden):
+            x = F.gelu(lin(x), approximate="tanh")
+            if self.norms is not None:
+                x = self.norms[i](x)
+        return self.out(x)
+
+
+class EnsembleMLP(nn.Module):
+    """K independent MLPs evaluated as one batched computation: (B, in) -> (K, B, out).
+
+    The first layer is one (B, in) × (in, K·width) GEMM because every member sees the same input;
+    the rest are batched matmuls. This keeps the K = 10 critic ensemble a handful of large GEMMs.
+    """
+
+    def __init__(self, num: int, in_dim: int, out_dim: int = 1, width: int = 512, depth: int = 4,
+                 layer_norm: bool = True):
+        super().__init__()
+        self.num, self.width, self.layer_norm = num, width, layer_norm
+        dims = [in_dim] + [width] * depth + [out_dim]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            w = torch.empty(num, a, b)
+            _lecun_normal_(w, a)
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(num, 1, b)))
+        if layer_norm:
+            self.ln_scale = nn.ParameterList(nn.Parameter(torch.ones(num, 1, width)) for _ in range(depth))
+            self.ln_bias = nn.ParameterList(nn.Parameter(torch.zeros(num, 1, width)) for _ in range(depth))
+
+    def _act(self, h: Tensor, i: int) -> Tensor:
+        h = F.gelu(h, approximate="tanh")
+        if self.layer_norm:
+            h = F.layer_norm(h, (self.width,), eps=1e-6) * self.ln_scale[i] + self.ln_bias[i]
+        return h
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, (b, d) = self.num, x.shape
+        w0 = self.weights[0].permute(1, 0, 2).reshape(d, k * self.width)
+        h = (x @ w0).view(b, k, self.width).transpose(0, 1) + self.biases[0]
+        h = self._act(h, 0)
+        n = len(self.weights)
+        for i in range(1, n):
+            h = torch.baddbmm(self.biases[i], h, self.weights[i])
+            if i < n - 1:
+                h = self._act(h, i)
+        return h
+
+
+class QEnsemble(nn.Module):
+    """Q_k(s, chunk) for k = 1..K over ``[obs, flattened chunk]`` (SPEC §2, §5); returns (K, B)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, num_critics: int = 10, width: int = 512, depth: int = 4,
+                 layer_norm: bool = True):
+        super().__init__()
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.net = EnsembleMLP(num_critics, obs_dim + action_dim, 1, width, depth, layer_norm)
+
+    def forward(self, obs: Tensor, action: Tensor) -> Tensor:
+        return self.net(torch.cat([obs, action.flatten(1)], dim=-1)).squeeze(-1)
