@@ -1,19 +1,28 @@
-"""`trqam` command line: demo (the main job), bench, train."""
+"""`trqam` command line. Each subcommand's module is imported only when it runs, so `trqam train`
+does not pay for OGBench/MuJoCo imports."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+COMMANDS = {
+    "demo": ("trqam_sdk.demo", "BC → TRQAM on regenerated OGBench cube-single, evaluated (the main job)"),
+    "train": ("trqam_sdk.train", "fine-tune a policy on a transitions .npz with a YAML config"),
+    "bench": ("trqam_sdk.bench", "time one full update: FLOPs, GFLOP/s and GEMM utilisation"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trqam", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="trqam", description="Trust Region Q-Adjoint Matching SDK")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    from trqam_sdk import bench, demo
-
-    demo.add_arguments(sub.add_parser("demo", help="BC → TRQAM on regenerated OGBench cube-single, evaluated"))
-    bench.add_arguments(sub.add_parser("bench", help="time one full update; FLOPs and GEMM utilisation"))
+    wanted = [a for a in argv if a in COMMANDS][:1] or list(COMMANDS)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_)
+        if name in wanted:
+            importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

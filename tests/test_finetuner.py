@@ -1,0 +1,178 @@
+"""Finetuner: multi-process equivalence, exact resume (in-process and after SIGKILL), checkpoints, guards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adapters import MLPFlowPolicy, MLPPolicyConfig, load_policy
+from trqam_sdk.checkpoint import latest_checkpoint, load_checkpoint
+from trqam_sdk.config import CriticConfig, FinetuneConfig, PolicyConfig, TrustRegionConfig
+from trqam_sdk.data import Transitions
+from trqam_sdk.finetuner import Finetuner, pretrain_bc
+from trqam_sdk.toy import random_episodes
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def tiny_cfg(out: Path, **kw) -> FinetuneConfig:
+    base = dict(batch_size=8, steps=6, flow_steps=3, log_every=1, trackers=[], output_dir=str(out),
+                policy=PolicyConfig(width=32, depth=2), critic=CriticConfig(num_critics=2, width=32, depth=2),
+                trust_region=TrustRegionConfig(kl_budget=0.05, lam_lr=0.5))
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> tuple[Transitions, Path, Path]:
+    root = tmp_path_factory.mktemp("toy")
+    arrays = random_episodes()
+    np.savez(root / "toy.npz", **arrays)
+    data = Transitions.from_numpy(arrays)
+    torch.manual_seed(0)
+    policy = MLPFlowPolicy(MLPPolicyConfig(data.obs_dim, 3, data.action_dim, width=32, depth=2))
+    pretrain_bc(policy, data, steps=30, batch_size=16, progress=False)
+    policy.save_pretrained(root / "prior")
+    (root / "cfg.yaml").write_text(
+        "batch_size: 8\nflow_steps: 3\nlog_every: 1\ntrackers: []\npolicy: {width: 32, depth: 2}\n"
+        "critic: {num_critics: 2, width: 32, depth: 2}\ntrust_region: {kl_budget: 0.05, lam_lr: 0.5}\n")
+    return data, root / "toy.npz", root
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(latest_checkpoint(run) / "agent.safetensors"))
+
+
+def _jsonl(run: Path) -> list[dict]:
+    return [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_in_process_is_exact(toy, tmp_path):
+    data, _, root = toy
+    prior = load_policy(root / "prior")
+    full = Finetuner(tiny_cfg(tmp_path / "full"), prior, data)
+    full.train(progress=False)
+    part = Finetuner(tiny_cfg(tmp_path / "part"), prior, data)
+    part.train(steps=3, progress=False)
+    part.save_checkpoint()
+    resumed = Finetuner(tiny_cfg(tmp_path / "part"), prior, data)
+    assert resumed.resume() and resumed.step == 3
+    resumed.train(progress=False)
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _jsonl(tmp_path / "full") == _jsonl(tmp_path / "part")
+    assert float(a["lam"]) != 1.0  # the dual actually moved
+
+
+def _train_cmd(toy_npz: Path, root: Path, out: Path, steps: int, extra: list[str]) -> list[str]:
+    return [*extra, "train", "--config", str(root / "cfg.yaml"), "--data", str(toy_npz), "--policy",
+            str(root / "prior"), "--output-dir", str(out), "--steps", str(steps), "--no-progress"]
+
+
+def test_kill_and_resume_matches_uninterrupted(toy, tmp_path):
+    _, npz, root = toy
+    trqam = [str(BIN / "trqam")]
+    steps = 120
+    subprocess.run(_train_cmd(npz, root, tmp_path / "ref", steps, trqam), check=True, capture_output=True)
+    cfg = root / "cfg.yaml"
+    cfg_ck = tmp_path / "cfg_ck.yaml"
+    cfg_ck.write_text(cfg.read_text() + "checkpoint_every: 10\n")
+    cmd = _train_cmd(npz, root, tmp_path / "run", steps, trqam)
+    cmd[cmd.index(str(cfg))] = str(cfg_ck)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = tmp_path / "run" / "checkpoints" / "latest.json"
+    deadline = time.time() + 120
+    while not pointer.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(pointer.read_text())["step"]
+    assert 0 < killed_at < steps, "the run must be killed mid-way"
+    subprocess.run([*cmd, "--resume"], check=True, capture_output=True)
+    a, b = _weights(tmp_path / "ref"), _weights(tmp_path / "run")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ref_rows, run_rows = _jsonl(tmp_path / "ref"), _jsonl(tmp_path / "run")
+    assert [r["lam"] for r in ref_rows] == [r["lam"] for r in run_rows]
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(BIN)) is None, reason="torchrun not installed")
+def test_two_processes_match_one(toy, tmp_path):
+    _, npz, root = toy
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run(_train_cmd(npz, root, tmp_path / "p1", 8, [str(BIN / "trqam")]), env=env,
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(_train_cmd(npz, root, tmp_path / "p2", 8,
+                                    [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533",
+                                     "-m", "trqam_sdk.cli"]), env=env, capture_output=True, text=True, cwd=ROOT)
+    assert two.returncode == 0, two.stderr[-3000:]
+    state = json.loads((latest_checkpoint(tmp_path / "p2") / "state.json").read_text())
+    assert state["num_processes"] == 2  # really two processes, not a silent single one
+    a, b = _weights(tmp_path / "p1"), _weights(tmp_path / "p2")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    r1, r2 = _jsonl(tmp_path / "p1"), _jsonl(tmp_path / "p2")
+    for x, y in zip(r1, r2, strict=True):
+        for key in ("critic_loss", "adj_loss", "bc_loss", "path_kl", "kl_ema", "lam"):
+            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
+
+
+def test_nonfinite_loss_does_not_touch_weights(toy, tmp_path):
+    data, _, root = toy
+    ft = Finetuner(tiny_cfg(tmp_path / "nan"), load_policy(root / "prior"), data)
+    ft.train(steps=2, progress=False)
+    before = {k: v.clone() for k, v in ft.agent.state_dict().items()}
+    ft.data.rewards[:] = float("nan")  # poisons the TD target → critic loss NaN
+    m = ft.train_step()
+    assert m["nonfinite_skips"] == 1
+    after = ft.agent.state_dict()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_checkpoint_mismatch_and_missing_files(toy, tmp_path):
+    data, _, root = toy
+    ft = Finetuner(tiny_cfg(tmp_path / "a"), load_policy(root / "prior"), data)
+    ft.train(steps=1, progress=False)
+    path = ft.save_checkpoint()
+    other = Finetuner(tiny_cfg(tmp_path / "b", critic=CriticConfig(num_critics=3, width=32, depth=2)),
+                      load_policy(root / "prior"), data)
+    with pytest.raises(ValueError, match="does not match"):
+        load_checkpoint(path, other.agent, None)
+    (path / "state.json").unlink()
+    with pytest.raises(FileNotFoundError, match="state.json"):
+        load_checkpoint(path, ft.agent, None)
+    policy = load_policy(latest_checkpoint(tmp_path / "a") / "policy")  # the policy loads on its own
+    assert isinstance(policy, MLPFlowPolicy)
+
+
+def test_bad_data_errors_name_the_problem():
+    arrays = random_episodes()
+    bad = dict(arrays, actions=arrays["actions"] * 3)
+    with pytest.raises(ValueError, match="action box"):
+        Transitions.from_numpy(bad)
+    nan = dict(arrays, observations=arrays["observations"].copy())
+    nan["observations"][5, 0] = np.nan
+    with pytest.raises(ValueError, match="observations: 1 rows contain NaN"):
+        Transitions.from_numpy(nan)
+    with pytest.raises(KeyError, match="rewards"):
+        Transitions.from_numpy({k: v for k, v in arrays.items() if k != "rewards"})
+    data = Transitions.from_numpy(arrays)
+    wrong = MLPFlowPolicy(MLPPolicyConfig(data.obs_dim + 1, 3, data.action_dim, width=8, depth=1))
+    with pytest.raises(ValueError, match="observations have dim"):
+        pretrain_bc(wrong, data, steps=1)
