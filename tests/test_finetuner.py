@@ -176,3 +176,42 @@ def test_bad_data_errors_name_the_problem():
     wrong = MLPFlowPolicy(MLPPolicyConfig(data.obs_dim + 1, 3, data.action_dim, width=8, depth=1))
     with pytest.raises(ValueError, match="observations have dim"):
         pretrain_bc(wrong, data, steps=1)
+
+
+def test_bf16_and_tensorboard(toy, tmp_path):
+    data, _, root = toy
+    ft = Finetuner(tiny_cfg(tmp_path / "bf", mixed_precision="bf16", trackers=["tensorboard"]),
+                   load_policy(root / "prior"), data)
+    m = ft.train(progress=False)
+    ft.end()
+    assert all(np.isfinite(m[k]) for k in ("critic_loss", "adj_loss", "bc_loss", "path_kl"))
+    assert list((tmp_path / "bf").rglob("events.out.tfevents*")), "TensorBoard tracker wrote nothing"
+    assert len(_jsonl(tmp_path / "bf")) == 6
+
+
+def test_methods_reference_and_budget_schedule(toy, tmp_path):
+    data, _, root = toy
+    prior = load_policy(root / "prior")
+    sched = TrustRegionConfig(kl_budget=0.05, lam_lr=0.5, kl_budget_schedule=[(3, 0.2)])
+    ft = Finetuner(tiny_cfg(tmp_path / "tr", trust_region=sched), prior, data)
+    ft.train(progress=False)
+    rows = _jsonl(tmp_path / "tr")
+    assert [r["kl_budget"] for r in rows] == [0.05, 0.05, 0.05, 0.2, 0.2, 0.2]
+
+    qam = Finetuner(tiny_cfg(tmp_path / "qam", method="qam", qam_tau=3.0), prior, data)
+    qam.train(progress=False)
+    assert {r["lam"] for r in _jsonl(tmp_path / "qam")} == {1.0}  # λ frozen
+    assert _jsonl(tmp_path / "qam")[-1]["kl_ema"] > 0  # the KL is still measured
+
+    ext = Finetuner(tiny_cfg(tmp_path / "ext", method="qam_ext_kl"), prior, data)
+    ext.train(progress=False)
+    assert len({r["lam"] for r in _jsonl(tmp_path / "ext")}) > 1  # λ_ext follows the dual
+
+    frozen = Finetuner(tiny_cfg(tmp_path / "fr", reference="frozen"), prior, data)
+    ref0 = {k: v.clone() for k, v in frozen.agent.ref.state_dict().items()}
+    frozen.train(progress=False)
+    assert all(torch.equal(ref0[k], v) for k, v in frozen.agent.ref.state_dict().items())
+    assert {r["bc_loss"] for r in _jsonl(tmp_path / "fr")} == {0.0}
+    ema = Finetuner(tiny_cfg(tmp_path / "ema"), prior, data)
+    ema.train(progress=False)
+    assert not all(torch.equal(ref0[k], v) for k, v in ema.agent.ref.state_dict().items())
