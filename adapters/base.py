@@ -132,7 +132,12 @@ def load_policy(path_or_repo: str | Path, revision: str | None = None) -> FlowPo
         raise ValueError(f"{path}/config.json names adapter {kind!r}; known: {sorted(ADAPTERS)}")
     policy = ADAPTERS[kind].from_config(meta["config"])
     state = load_file(str(path / "model.safetensors"))
-    missing, unexpected = policy.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match {kind}: missing {missing}, unexpected {unexpected}")
+    own = policy.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(own[k].shape)}"
+             for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"checkpoint {path} does not match {kind}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
+    policy.load_state_dict(state)
     return policy

@@ -6,6 +6,11 @@ computed once is reusable (and is not mutated by ``velocity``); ``repeat_conditi
 evaluation; ``TRQAMAgent.forward`` computes the condition once per state per model, not once per flow step;
 bit-identical repeated VJPs; VJPs match finite differences; ``save_pretrained`` / ``load_policy`` round trip
 and its errors; and the time convention (t = 0 noise → t = 1 action), with negative controls.
+
+Adding an adapter: append a ``Case`` (its factory, a config field that changes weight shapes, and where it
+differs from the defaults: an observation factory and wrong-shape observations, its ActionSpec, the
+modules that make up its per-state prefix, ``float64=False`` if it cannot run in double). The agent test
+builds a ``QEnsemble`` critic, so it needs vector observations, as the SDK's critic does.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from adapters import (
     ReversedTimePolicy,
     load_policy,
     repeat_condition,
+    tree_map,
 )
 from trqam_sdk.config import CriticConfig, FinetuneConfig, PolicyConfig
 from trqam_sdk.flow import sample_ode, velocity_vjp
@@ -85,6 +91,14 @@ class NativeReversedPointMass(FlowPolicy):
         return (x - cond["c"]) / t_native.to(x.dtype).clamp_min(self.config.t_min)[:, None]
 
 
+def vector_obs(batch: int, dtype: torch.dtype, g: torch.Generator) -> Tensor:
+    return torch.randn(batch, OBS, generator=g, dtype=dtype)
+
+
+def bad_vector_obs() -> list[Tensor]:
+    return [torch.zeros(shape) for shape in [(B, OBS + 1), (B, OBS - 1), (OBS,), (B, OBS, 1)]]
+
+
 # -- the cases: one per adapter ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
@@ -94,9 +108,17 @@ class Case:
     mismatch_key: str
     """a config field whose doubled value no longer fits the saved weights"""
     expensive: Callable[[FlowPolicy], list[nn.Module]] | None = None
-    """modules whose forward is the per-state cost (a VLA's vision-language prefix): must run once per state"""
+    """modules whose forward is the per-state cost (a VLA's vision-language prefix): run once per state"""
+    obs: Callable[[int, torch.dtype, torch.Generator], Any] = vector_obs
+    """(batch, dtype, generator) -> a batch of observations (a tensor, or a dict for a VLA)"""
+    bad_obs: Callable[[], list[Any]] = bad_vector_obs
+    """observations of the wrong shape: ``condition`` must reject each with a ValueError naming them"""
+    spec: ActionSpec = ActionSpec(H, A)
+    """the chunk shape the policy declares"""
+    float64: bool = True
+    """False for a model that cannot run in float64: the exactness checks then run in float32, looser"""
     fit_steps: int = 300
-    """Adam steps of the BC fit in the time-convention test"""
+    """Adam steps (cosine-decayed from lr 1e-2) of the BC fit in the time-convention test"""
 
 
 def _mlp(layer_norm: bool = False, seed: int = 0) -> MLPFlowPolicy:
@@ -106,7 +128,8 @@ def _mlp(layer_norm: bool = False, seed: int = 0) -> MLPFlowPolicy:
 
 def _prefix(seed: int = 0) -> PrefixTransformerPolicy:
     torch.manual_seed(seed)
-    return PrefixTransformerPolicy(PrefixTransformerConfig(OBS, H, A, width=32, heads=4, layers=2, prefix_tokens=3))
+    cfg = PrefixTransformerConfig(OBS, H, A, width=32, heads=4, layers=2, prefix_tokens=3)
+    return PrefixTransformerPolicy(cfg)
 
 
 def _reversed() -> ReversedTimePolicy:
@@ -125,10 +148,20 @@ def _residual() -> ResidualPolicy:
 CASES = [
     Case("mlp", _mlp, "width"),
     Case("mlp_layernorm", lambda: _mlp(layer_norm=True), "width"),
-    Case("prefix_transformer", _prefix, "width", expensive=lambda p: [p.prefix_encoder], fit_steps=400),
+    Case("prefix_transformer", _prefix, "width", expensive=lambda p: [p.prefix_encoder]),
     Case("reversed_time", _reversed, "obs_dim"),
     Case("residual", _residual, "width"),
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """These networks are tiny: intra-op threads only add overhead, and on a busy 2-core machine OpenMP
+    contention made the BC fits ~20x slower with 2 threads than with 1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=CASES, ids=[c.name for c in CASES])
@@ -159,12 +192,23 @@ def assert_same_tree(a: list[Tensor], b: list[Tensor]) -> None:
         assert x.shape == y.shape and torch.equal(x, y), "the condition changed (a cache mutated in place?)"
 
 
-def inputs(batch: int = B, dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+def inputs(case: Case | None = None, batch: int = B, dtype: torch.dtype = torch.float32,
+           seed: int = 0) -> tuple[Any, Tensor, Tensor]:
+    """Observations, chunk points x (batch, D) and flow times t in [0.05, 0.95] for a case."""
     g = torch.Generator().manual_seed(seed)
-    obs = torch.randn(batch, OBS, generator=g, dtype=dtype)
-    x = torch.randn(batch, D, generator=g, dtype=dtype)
+    obs = (case.obs if case else vector_obs)(batch, dtype, g)
+    x = torch.randn(batch, case.spec.flat_dim if case else D, generator=g, dtype=dtype)
     t = torch.rand(batch, generator=g, dtype=dtype) * 0.9 + 0.05
     return obs, x, t
+
+
+def exact_dtype(case: Case) -> torch.dtype:
+    return torch.float64 if case.float64 else torch.float32
+
+
+def rows(obs: Any, index: slice) -> Any:
+    """Rows of a batch of observations (a tensor or a dict of tensors)."""
+    return tree_map(lambda o: o[index], obs)
 
 
 def bump(config: dict[str, Any], key: str) -> bool:
@@ -178,38 +222,41 @@ def bump(config: dict[str, Any], key: str) -> bool:
 # -- spec, shapes, errors ------------------------------------------------------------------------------------
 def test_spec_and_registry(case: Case) -> None:
     policy = case.make()
-    assert policy.spec == ActionSpec(H, A) and policy.spec.flat_dim == D
-    assert ADAPTERS.get(policy.type_name) is type(policy), "adapter must be registered so load_policy finds it"
+    assert policy.spec == case.spec
+    assert ADAPTERS.get(policy.type_name) is type(policy), "unregistered: load_policy could not find it"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("batch", [1, B])
 def test_shapes_and_dtypes(case: Case, dtype: torch.dtype, batch: int) -> None:
+    if dtype == torch.float64 and not case.float64:
+        pytest.skip("this adapter does not run in float64")
     policy = case.make().to(dtype)
-    obs, x, t = inputs(batch, dtype)
+    obs, x, t = inputs(case, batch, dtype)
     cond = policy.condition(obs)
     for leaf in leaves(cond):
         assert leaf.shape[0] == batch, "every condition leaf must have the batch as its leading axis"
     v = policy.velocity(cond, x, t)
-    assert v.shape == (batch, D) and v.dtype == dtype and torch.isfinite(v).all()
+    assert v.shape == (batch, case.spec.flat_dim) and v.dtype == dtype and torch.isfinite(v).all()
     assert torch.equal(policy.velocity_fn(cond)(x, t), v)
 
 
-@pytest.mark.parametrize("shape", [(B, OBS + 1), (B, OBS - 1), (OBS,), (B, OBS, 1)])
-def test_wrong_observation_shape_is_a_clear_error(case: Case, shape: tuple[int, ...]) -> None:
-    with pytest.raises(ValueError, match=r"observations: expected \(B, 5\)"):
-        case.make().condition(torch.zeros(shape))
+def test_wrong_observation_shape_is_a_clear_error(case: Case) -> None:
+    policy = case.make()
+    for bad in case.bad_obs():
+        with pytest.raises(ValueError, match=r"observations"):
+            policy.condition(bad)
 
 
-# -- the cached condition -------------------------------------------------------------------------------------
+# -- the cached condition ---------------------------------------------------------------------------------
 def test_cached_condition_is_reusable_and_not_mutated(case: Case) -> None:
     policy = case.make()
-    obs, x, t = inputs()
+    obs, x, t = inputs(case)
     cond = policy.condition(obs)
     before = snapshot(cond)
     v = policy.velocity(cond, x, t)
     for seed in (1, 2):  # other points in between, as the sampler and the adjoint do
-        _, x2, t2 = inputs(seed=seed)
+        _, x2, t2 = inputs(case, seed=seed)
         policy.velocity(cond, x2, t2)
     assert torch.equal(policy.velocity(cond, x, t), v)
     assert torch.equal(policy.velocity(policy.condition(obs), x, t), v), "cached ≠ recomputed condition"
@@ -228,18 +275,19 @@ def test_repeat_condition_block_order() -> None:
 
 def test_repeated_condition_matches_per_row_evaluation(case: Case) -> None:
     """The agent evaluates T·B rows with the condition tiled T times: it must equal per-row evaluation."""
-    policy = case.make().double()
-    steps = 3
-    obs, _, _ = inputs(dtype=torch.float64)
+    dtype, steps = exact_dtype(case), 3
+    policy = case.make().to(dtype)
+    obs, _, _ = inputs(case, dtype=dtype)
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(steps * B, D, generator=g, dtype=torch.float64)
-    t = (torch.arange(steps, dtype=torch.float64) / steps).repeat_interleave(B)
+    x = torch.randn(steps * B, case.spec.flat_dim, generator=g, dtype=dtype)
+    t = (torch.arange(steps, dtype=dtype) / steps).repeat_interleave(B)
     tiled = policy.velocity(repeat_condition(policy.condition(obs), steps), x, t)
-    assert tiled.shape == (steps * B, D)
+    assert tiled.shape == (steps * B, case.spec.flat_dim)
+    tol = {"rtol": 1e-10, "atol": 1e-12} if case.float64 else {"rtol": 1e-4, "atol": 1e-5}
     for row in range(steps * B):
         b = row % B
-        one = policy.velocity(policy.condition(obs[b:b + 1]), x[row:row + 1], t[row:row + 1])
-        torch.testing.assert_close(tiled[row:row + 1], one, rtol=1e-10, atol=1e-12)
+        one = policy.velocity(policy.condition(rows(obs, slice(b, b + 1))), x[row:row + 1], t[row:row + 1])
+        torch.testing.assert_close(tiled[row:row + 1], one, **tol)
 
 
 def _counting(fn: Callable[[Tensor], Any], log: list[int]) -> Callable[[Tensor], Any]:
@@ -249,37 +297,43 @@ def _counting(fn: Callable[[Tensor], Any], log: list[int]) -> Callable[[Tensor],
     return wrapped
 
 
-def tiny_agent(policy: FlowPolicy, steps: int = 3) -> TRQAMAgent:
+def tiny_agent(policy: FlowPolicy, obs_dim: int, steps: int = 3) -> TRQAMAgent:
     cfg = FinetuneConfig(flow_steps=steps, batch_size=B, policy=PolicyConfig(width=32, depth=2),
                          critic=CriticConfig(num_critics=2, width=32, depth=2))
-    critic = QEnsemble(OBS, D, num_critics=2, width=32, depth=2)
+    critic = QEnsemble(obs_dim, policy.spec.flat_dim, num_critics=2, width=32, depth=2)
     return TRQAMAgent(policy, copy.deepcopy(policy), critic, cfg)
 
 
-def tiny_batch(agent: TRQAMAgent, seed: int = 0) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def tiny_batch(case: Case, agent: TRQAMAgent, seed: int = 0) -> tuple[dict[str, Any], dict[str, Tensor]]:
     g = torch.Generator().manual_seed(seed)
+    h, a = case.spec.horizon, case.spec.action_dim
     batch = {
-        "observations": torch.randn(B, OBS, generator=g),
-        "actions": torch.rand(B, H, A, generator=g) * 2.0 - 1.0,
-        "rewards": torch.randn(B, H, generator=g),
+        "observations": case.obs(B, torch.float32, g),
+        "actions": torch.rand(B, h, a, generator=g) * 2.0 - 1.0,
+        "rewards": torch.randn(B, h, generator=g),
         "masks": torch.ones(B),
         "valid": torch.ones(B),
-        "valid_steps": torch.ones(B, H),
-        "next_observations": torch.randn(B, OBS, generator=g),
+        "valid_steps": torch.ones(B, h),
+        "next_observations": case.obs(B, torch.float32, g),
     }
     noise = {k: torch.randn(shape, generator=g) for k, shape in agent.noise_shapes(B).items()}
     noise["bc_t"] = torch.rand(B, generator=g)
     return batch, noise
 
 
-def test_agent_computes_condition_once_per_state(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("reuse_rollout_velocity", [True, False])
+def test_agent_computes_condition_once_per_state(case: Case, monkeypatch: pytest.MonkeyPatch,
+                                                 reuse_rollout_velocity: bool) -> None:
     """One TRQAMAgent.forward: actor twice (s, and s' in the critic target), reference once, base once (BC).
 
     Not once per flow step or per VJP: with T = 3 a per-step call would show up as 3+ calls. Each call
-    sees B rows (the agent tiles the *condition*, never the observations).
+    sees B rows (the agent tiles the *condition*, never the observations). Both ways of forming the loss's
+    v_θ (kept from the rollout, or re-evaluated on the tiled trajectory) are checked.
     """
-    agent = tiny_agent(case.make(), steps=3)
-    batch, noise = tiny_batch(agent)
+    obs_dim = case.obs(1, torch.float32, torch.Generator()).shape[-1]  # the critic takes vector observations
+    agent = tiny_agent(case.make(), obs_dim, steps=3)
+    monkeypatch.setattr(agent, "reuse_rollout_velocity", reuse_rollout_velocity, raising=False)
+    batch, noise = tiny_batch(case, agent)
     calls: dict[str, list[int]] = {"actor": [], "ref": [], "base": []}
     prefix_runs: dict[str, list[int]] = {name: [] for name in calls}
     for name, log in calls.items():
@@ -297,41 +351,42 @@ def test_agent_computes_condition_once_per_state(case: Case, monkeypatch: pytest
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-# -- VJPs ------------------------------------------------------------------------------------------------------
+# -- VJPs ---------------------------------------------------------------------------------------------------
 def test_vjp_is_deterministic(case: Case) -> None:
     """Repeated VJPs at one point are bit-identical, also with other evaluations of the cache in between."""
     policy = case.make()
-    obs, x, t = inputs()
-    cotangent = torch.randn(B, D, generator=torch.Generator().manual_seed(7))
+    obs, x, t = inputs(case)
+    cotangent = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
     cond = policy.condition(obs)
     before = snapshot(cond)
     v = policy.velocity_fn(cond)
     first = velocity_vjp(v, x, t, cotangent)
     for seed in (1, 2):
-        _, x2, t2 = inputs(seed=seed)
+        _, x2, t2 = inputs(case, seed=seed)
         velocity_vjp(v, x2, t2, cotangent)
         policy.velocity(cond, x2, t2)
         assert torch.equal(velocity_vjp(v, x, t, cotangent), first)
-    assert first.shape == (B, D) and torch.isfinite(first).all() and first.abs().max() > 0
+    assert first.shape == x.shape and torch.isfinite(first).all() and first.abs().max() > 0
     assert_same_tree(before, snapshot(cond))
     assert all(p.grad is None for p in policy.parameters()), "a VJP must not form parameter gradients"
 
 
 @pytest.mark.parametrize("t_value", [0.0, 0.5, 0.9])
 def test_vjp_matches_finite_differences(case: Case, t_value: float) -> None:
-    """uᵀ J w from the VJP vs u · (v(x + εw) - v(x - εw)) / 2ε, row by row, in float64."""
-    policy = case.make().double()
-    obs, x, _ = inputs(dtype=torch.float64)
-    t = torch.full((B,), t_value, dtype=torch.float64)
+    """uᵀ J w from the VJP vs u · (v(x + εw) - v(x - εw)) / 2ε, row by row, in float64 where possible."""
+    dtype = exact_dtype(case)
+    policy = case.make().to(dtype)
+    obs, x, _ = inputs(case, dtype=dtype)
+    t = torch.full((B,), t_value, dtype=dtype)
     g = torch.Generator().manual_seed(11)
-    u = torch.randn(B, D, generator=g, dtype=torch.float64)
-    w = torch.randn(B, D, generator=g, dtype=torch.float64)
+    u = torch.randn(x.shape, generator=g, dtype=dtype)
+    w = torch.randn(x.shape, generator=g, dtype=dtype)
     v = policy.velocity_fn(policy.condition(obs))
-    eps = 1e-6
+    eps, tol = (1e-6, {"rtol": 1e-6, "atol": 1e-7}) if case.float64 else (1e-2, {"rtol": 3e-2, "atol": 1e-2})
     with torch.no_grad():
         fd = (u * (v(x + eps * w, t) - v(x - eps * w, t))).sum(-1) / (2 * eps)
     vjp = (velocity_vjp(v, x, t, u) * w).sum(-1)
-    torch.testing.assert_close(vjp, fd, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(vjp, fd, **tol)
 
 
 # -- save / load -------------------------------------------------------------------------------------------
@@ -345,8 +400,9 @@ def test_save_load_round_trip(case: Case, tmp_path: Path) -> None:
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert {n: p.requires_grad for n, p in loaded.named_parameters()} == \
         {n: p.requires_grad for n, p in policy.named_parameters()}, "frozen parts must stay frozen"
-    obs, x, t = inputs()
-    assert torch.equal(loaded.velocity(loaded.condition(obs), x, t), policy.velocity(policy.condition(obs), x, t))
+    obs, x, t = inputs(case)
+    expected = policy.velocity(policy.condition(obs), x, t)
+    assert torch.equal(loaded.velocity(loaded.condition(obs), x, t), expected)
 
 
 def test_load_mismatched_config_fails_clearly(case: Case, tmp_path: Path) -> None:
@@ -425,9 +481,10 @@ def test_reversed_time_wrapper_lands_on_the_action() -> None:
     assert not torch.isfinite(wrong).all() or (wrong - c64).abs().mean() > 1.0
 
 
-def _fit_targets(n: int = B) -> tuple[Tensor, Tensor]:
+def _fit_targets(case: Case, n: int = B) -> tuple[Any, Tensor]:
     g = torch.Generator().manual_seed(21)
-    return torch.randn(n, OBS, generator=g), 0.8 * torch.tanh(torch.randn(n, D, generator=g))
+    obs = case.obs(n, torch.float32, g)
+    return obs, 0.8 * torch.tanh(torch.randn(n, case.spec.flat_dim, generator=g))
 
 
 def test_bc_fit_follows_the_sdk_convention(case: Case) -> None:
@@ -439,11 +496,12 @@ def test_bc_fit_follows_the_sdk_convention(case: Case) -> None:
     """
     torch.manual_seed(0)
     policy = case.make()
-    obs, target = _fit_targets()
-    reps = 64
-    obs_rep, x1 = obs.repeat(reps, 1), target.repeat(reps, 1)
+    obs, target = _fit_targets(case)
+    reps = 32
+    obs_rep, x1 = repeat_condition(obs, reps), target.repeat(reps, 1)  # tiles observation pytrees too
     params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=3e-3)
+    opt = torch.optim.Adam(params, lr=1e-2)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, case.fit_steps)
     g = torch.Generator().manual_seed(1)
     for _ in range(case.fit_steps):
         x0 = torch.randn(x1.shape, generator=g)
@@ -453,18 +511,19 @@ def test_bc_fit_follows_the_sdk_convention(case: Case) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        schedule.step()
 
     x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         cond = policy.condition(obs_rep)
         landed = sample_ode(policy.velocity_fn(cond), x0, 10)
         err = (landed - x1).abs().mean().item()
-        assert err < 0.05, f"ODE sample misses the fitted chunk by {err:.3f}"
-        for t_value in (0.0, 0.9):
+        assert err < 0.15, f"ODE sample misses the fitted chunk by {err:.3f}"
+        for t_value, tol in ((0.0, 0.35), (0.9, 0.1)):  # from pure noise the whole chunk is predicted
             t = torch.full((x1.shape[0],), t_value)
             xt = (1.0 - t_value) * x0 + t_value * x1
             pred = xt + (1.0 - t_value) * policy.velocity(cond, xt, t)
             err_t = (pred - x1).abs().mean().item()
-            assert err_t < 0.1, f"at t = {t_value}: x + (1 - t) v misses the chunk by {err_t:.3f}"
+            assert err_t < tol, f"at t = {t_value}: x + (1 - t) v misses the chunk by {err_t:.3f}"
         wrong = sample_ode(ReversedTimePolicy(policy).velocity_fn(cond), x0, 10)
-        assert not torch.isfinite(wrong).all() or (wrong - x1).abs().mean() > 5 * err + 0.1
+        assert not torch.isfinite(wrong).all() or (wrong - x1).abs().mean() > 1.0, "wrong convention landed"

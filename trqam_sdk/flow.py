@@ -77,6 +77,33 @@ def sample_memoryless(v_ctrl: VelocityFn, v_last: VelocityFn, x0: Tensor, noise:
     return torch.stack(xs)
 
 
+def sample_memoryless_tracked(v_ctrl: VelocityFn, v_last: VelocityFn, x0: Tensor,
+                              noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`sample_memoryless`, also returning the controlled velocities it evaluated, with their graph.
+
+    Returns ``(xs, v, v_last)``: the trajectory (T+1, B, D) (no gradient flows through it: each step uses
+    the *detached* velocity), ``v_ctrl(x_i, t_i)`` for i = 0..T-1 (T, B, D) with autograd history (the
+    T-th is evaluated at x_{T-1} but not stepped with), and the reference velocity of the last step (B, D).
+    The loss reuses these instead of re-evaluating v_θ on the trajectory: same values, T-1 fewer passes.
+    """
+    num_steps = noise.shape[0] + 1
+    h = 1.0 / num_steps
+    xs, vs = [x0], []
+    x = x0.detach()
+    for i in range(num_steps):
+        t = i * h
+        v = v_ctrl(x, _tvec(x, t))
+        vs.append(v)
+        if i < num_steps - 1:
+            with torch.no_grad():
+                x = sde_step(x, v.detach(), t, h, noise[i])
+            xs.append(x)
+    with torch.no_grad():
+        v_l = v_last(x, _tvec(x, (num_steps - 1) * h))
+        xs.append(ode_step(x, v_l, h))
+    return torch.stack(xs), torch.stack(vs), v_l
+
+
 def velocity_vjp(v: VelocityFn, x: Tensor, t: Tensor, cotangent: Tensor) -> Tensor:
     """Vector-Jacobian product cotangentᵀ ∂v/∂x at (x, t); no parameter gradients are formed."""
     with torch.enable_grad():

@@ -7,10 +7,57 @@ Shapes and details follow SPEC §2 so weights map one-to-one onto the authors' F
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+_COMPILE: dict[str, bool] = {"enabled": os.environ.get("TRQAM_COMPILE", "0") == "1"}
+_COMPILED: dict[str, Callable[..., Tensor]] = {}
+
+
+def compile_enabled() -> bool:
+    return _COMPILE["enabled"]
+
+
+def set_compile(enabled: bool) -> None:
+    """Run MLP / EnsembleMLP forwards through ``torch.compile`` (inductor) — opt-in (env TRQAM_COMPILE=1).
+
+    The compiled graphs are shared by every instance (parameters are graph inputs) and specialised on
+    shapes and on which inputs require grad, so VJPs via ``torch.autograd.grad`` keep working.
+    """
+    _COMPILE["enabled"] = enabled
+
+
+def _maybe_compiled(name: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    if not _COMPILE["enabled"]:
+        return fn
+    if name not in _COMPILED:
+        import torch._dynamo
+
+        cfg = torch._dynamo.config
+        name_ = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+        setattr(cfg, name_, max(getattr(cfg, name_), 64))  # one graph per (shape, grad-mode) variant
+        import torch._inductor.config as inductor_config
+
+        # generated kernels bake in their OpenMP thread count: use torch's (else they take every core)
+        inductor_config.cpp.threads = torch.get_num_threads()
+        _COMPILED[name] = torch.compile(fn, dynamic=False)
+    return _COMPILED[name]
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """tanh-approximate GELU (JAX's default ``gelu``): 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))).
+
+    Eager: ATen's fused kernel. Under ``torch.compile`` it is written as
+    x · sigmoid(2√(2/π) (x + 0.044715 x³)) — the same function, since 0.5 (1 + tanh z) = sigmoid(2 z) —
+    which inductor vectorises ~2× faster than its tanh (agreement ~5e-7 absolute in float32).
+    """
+    if torch.compiler.is_compiling():
+        return x * torch.sigmoid(1.5957691216057308 * x * (1.0 + 0.044715 * x * x))
+    return F.gelu(x, approximate="tanh")
 
 
 def _lecun_normal_(weight: Tensor, fan_in: int) -> None:
@@ -19,21 +66,25 @@ def _lecun_normal_(weight: Tensor, fan_in: int) -> None:
 
 
 class MLP(nn.Module):
-    """``depth`` hidden layers of ``width``: Linear → GELU(tanh) → [LayerNorm], then a Linear to ``out_dim``."""
+    """``depth`` hidden layers of ``width`` (Linear → GELU(tanh) → [LayerNorm]), then Linear → ``out_dim``."""
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 512, depth: int = 4, layer_norm: bool = False):
         super().__init__()
         dims = [in_dim] + [width] * depth
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
-        self.norms = nn.ModuleList(nn.LayerNorm(width, eps=1e-6) for _ in range(depth)) if layer_norm else None
+        self.norms = (nn.ModuleList(nn.LayerNorm(width, eps=1e-6) for _ in range(depth)) if layer_norm
+                      else None)
         self.out = nn.Linear(dims[-1], out_dim)
         for lin in [*self.hidden, self.out]:
             _lecun_normal_(lin.weight, lin.in_features)
             nn.init.zeros_(lin.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        return _maybe_compiled("mlp", MLP._forward)(self, x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         for i, lin in enumerate(self.hidden):
-            x = F.gelu(lin(x), approximate="tanh")
+            x = gelu_tanh(lin(x))
             if self.norms is not None:
                 x = self.norms[i](x)
         return self.out(x)
@@ -63,12 +114,15 @@ class EnsembleMLP(nn.Module):
             self.ln_bias = nn.ParameterList(nn.Parameter(torch.zeros(num, 1, width)) for _ in range(depth))
 
     def _act(self, h: Tensor, i: int) -> Tensor:
-        h = F.gelu(h, approximate="tanh")
+        h = gelu_tanh(h)
         if self.layer_norm:
             h = F.layer_norm(h, (self.width,), eps=1e-6) * self.ln_scale[i] + self.ln_bias[i]
         return h
 
     def forward(self, x: Tensor) -> Tensor:
+        return _maybe_compiled("ensemble", EnsembleMLP._forward)(self, x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         k, (b, d) = self.num, x.shape
         w0 = self.weights[0].permute(1, 0, 2).reshape(d, k * self.width)
         h = (x @ w0).view(b, k, self.width).transpose(0, 1) + self.biases[0]

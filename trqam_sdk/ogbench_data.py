@@ -55,8 +55,14 @@ def _make_oracle(env: Any, noise: float, noise_smoothing: float) -> Any:
     return CubePlanOracle(env=env, noise=noise, noise_smoothing=noise_smoothing)
 
 
-def collect_episodes(collect_env: str, episodes: int, seed: int, episode_length: int = EPISODE_LENGTH,
-                     noise: float = 0.1, noise_smoothing: float = 0.5) -> dict[str, np.ndarray]:
+def collect_episodes(
+    collect_env: str,
+    episodes: int,
+    seed: int,
+    episode_length: int = EPISODE_LENGTH,
+    noise: float = 0.1,
+    noise_smoothing: float = 0.5,
+) -> dict[str, np.ndarray]:
     """Roll out the play oracle for ``episodes`` episodes of ``episode_length`` rows in one env.
 
     Row i holds the observation before action i and qpos/qvel of that same state (ogbench's
@@ -68,10 +74,13 @@ def collect_episodes(collect_env: str, episodes: int, seed: int, episode_length:
     import ogbench  # noqa: F401  (registers the envs)
 
     np.random.seed(seed)  # the oracles draw their plans and noise from numpy's global generator
-    env = gymnasium.make(collect_env, terminate_at_goal=False, mode="data_collection",
-                         max_episode_steps=episode_length)
+    env = gymnasium.make(
+        collect_env, terminate_at_goal=False, mode="data_collection", max_episode_steps=episode_length
+    )
     oracle = _make_oracle(env, noise, noise_smoothing)
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")}
+    out: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")
+    }
     clipped = 0
     for ep in range(episodes):
         ob, info = env.reset(seed=seed * 10_007 + ep)
@@ -100,7 +109,7 @@ def collect_episodes(collect_env: str, episodes: int, seed: int, episode_length:
 
 
 def _shard_job(job: tuple[str, str, int, int, int, float, float]) -> str:
-    """Worker: write one shard unless it already exists (atomic rename, so a half-written shard never counts)."""
+    """Worker: write one shard unless it exists (atomic rename: a half-written shard never counts)."""
     path, collect_env, episodes, seed, length, noise, smoothing = job
     if not Path(path).is_file():
         arrays = collect_episodes(collect_env, episodes, seed, length, noise, smoothing)
@@ -110,12 +119,20 @@ def _shard_job(job: tuple[str, str, int, int, int, float, float]) -> str:
     return path
 
 
-def generate_dataset(task: str = "cube-single-play-singletask-task1-v0", episodes: int = 100,
-                     val_episodes: int | None = None, seed: int = 0, dataset_dir: str | Path | None = None,
-                     workers: int | None = None, episode_length: int = EPISODE_LENGTH,
-                     episodes_per_shard: int = 5, noise: float = 0.1, noise_smoothing: float = 0.5,
-                     progress: bool = True) -> Path:
-    """Write ``<dataset>.npz`` and ``<dataset>-val.npz`` into a folder keyed by size and seed; reuse if present.
+def generate_dataset(
+    task: str = "cube-single-play-singletask-task1-v0",
+    episodes: int = 100,
+    val_episodes: int | None = None,
+    seed: int = 0,
+    dataset_dir: str | Path | None = None,
+    workers: int | None = None,
+    episode_length: int = EPISODE_LENGTH,
+    episodes_per_shard: int = 5,
+    noise: float = 0.1,
+    noise_smoothing: float = 0.5,
+    progress: bool = True,
+) -> Path:
+    """Write ``<dataset>.npz`` and ``<dataset>-val.npz`` in a folder keyed by size and seed; reuse if present.
 
     Returns the folder to pass as ``dataset_dir`` to :func:`load_ogbench`. ``val_episodes`` defaults to a
     tenth of ``episodes`` (at least 1), as OGBench's generator does.
@@ -129,18 +146,36 @@ def generate_dataset(task: str = "cube-single-play-singletask-task1-v0", episode
     final = [out_dir / f"{name}.npz", out_dir / f"{name}-val.npz"]
     if all(p.is_file() for p in final):
         return out_dir
-    shard_dir = out_dir / "shards"
+    # shards are shared by every size with the same seed/length/noise: a smaller dataset is a prefix
+    shard_dir = root / f"{name}-len{episode_length}-seed{seed}-noise{noise}-{noise_smoothing}-shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     jobs: dict[str, list[tuple]] = {"train": [], "val": []}
     for split, n, base in (("train", episodes, 0), ("val", val_episodes, 1_000_000)):
         for i, start in enumerate(range(0, n, episodes_per_shard)):
-            path = str(shard_dir / f"{split}-{i:05d}.npz")
-            jobs[split].append((path, collect_env, min(episodes_per_shard, n - start),
-                                seed * 100_003 + base + i, episode_length, noise, noise_smoothing))
+            path = str(shard_dir / f"{split}-{i:05d}-of{episodes_per_shard}.npz")
+            if n - start < episodes_per_shard:  # a partial last shard gets its own name
+                path = path.replace(".npz", f"-n{n - start}.npz")
+            jobs[split].append(
+                (
+                    path,
+                    collect_env,
+                    min(episodes_per_shard, n - start),
+                    seed * 100_003 + base + i,
+                    episode_length,
+                    noise,
+                    noise_smoothing,
+                )
+            )
     todo = [j for js in jobs.values() for j in js if not Path(j[0]).is_file()]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    bar = tqdm(total=episodes + val_episodes, desc=f"regenerate {name}", unit="ep", disable=not progress,
-               initial=episodes + val_episodes - sum(j[2] for j in todo))
+    bar = tqdm(
+        total=episodes + val_episodes,
+        desc=f"regenerate {name}",
+        unit="ep",
+        disable=not progress,
+        initial=episodes + val_episodes - sum(j[2] for j in todo),
+    )
     if todo and workers == 1:
         for job in todo:
             _shard_job(job)
@@ -151,15 +186,25 @@ def generate_dataset(task: str = "cube-single-play-singletask-task1-v0", episode
             for path in pool.imap_unordered(_shard_job, todo):
                 bar.update(sizes[path])
     bar.close()
-    stats: dict[str, Any] = {"task": task, "episodes": episodes, "val_episodes": val_episodes, "seed": seed,
-                             "episode_length": episode_length, "noise": noise, "noise_smoothing": noise_smoothing}
+    stats: dict[str, Any] = {
+        "task": task,
+        "episodes": episodes,
+        "val_episodes": val_episodes,
+        "seed": seed,
+        "episode_length": episode_length,
+        "noise": noise,
+        "noise_smoothing": noise_smoothing,
+    }
     for split, target in zip(("train", "val"), final, strict=True):
         shards = [np.load(j[0]) for j in jobs[split]]
-        merged = {k: np.concatenate([s[k] for s in shards]) for k in ("observations", "actions", "terminals",
-                                                                       "qpos", "qvel")}
+        merged = {
+            k: np.concatenate([s[k] for s in shards])
+            for k in ("observations", "actions", "terminals", "qpos", "qvel")
+        }
         rows = len(merged["actions"])
-        stats[f"{split}_clipped_fraction"] = float(sum(float(s["clipped"]) * len(s["actions"]) for s in shards)
-                                                   / max(rows, 1))
+        stats[f"{split}_clipped_fraction"] = float(
+            sum(float(s["clipped"]) * len(s["actions"]) for s in shards) / max(rows, 1)
+        )
         tmp = str(target) + ".tmp.npz"
         np.savez_compressed(tmp, **merged)
         os.replace(tmp, target)
@@ -178,8 +223,9 @@ def to_transitions(ds: dict[str, np.ndarray]) -> Transitions:
     missing = [k for k in ("rewards", "masks", "next_observations") if k not in ds]
     if missing:
         raise KeyError(f"not a singletask, non-compact ogbench dataset: lacks {missing}")
-    return Transitions.from_numpy({k: ds[k] for k in ("observations", "actions", "rewards", "masks",
-                                                      "terminals", "next_observations")})
+    return Transitions.from_numpy(
+        {k: ds[k] for k in ("observations", "actions", "rewards", "masks", "terminals", "next_observations")}
+    )
 
 
 def load_ogbench(task: str, dataset_dir: str | Path) -> tuple[Any, Transitions, Transitions]:

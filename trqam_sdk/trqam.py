@@ -15,7 +15,14 @@ from torch import Tensor, nn
 from adapters.base import FlowPolicy, repeat_condition
 from trqam_sdk.config import FinetuneConfig
 from trqam_sdk.dual import DualState, dual_update
-from trqam_sdk.flow import lean_adjoint, memoryless_g, sample_memoryless, sample_ode, time_grid
+from trqam_sdk.flow import (
+    lean_adjoint,
+    memoryless_g,
+    sample_memoryless,
+    sample_memoryless_tracked,
+    sample_ode,
+    time_grid,
+)
 from trqam_sdk.networks import QEnsemble
 from trqam_sdk.objectives import adjoint_matching_loss, critic_loss, flow_matching_loss, path_kl, td_target
 
@@ -90,6 +97,10 @@ class TRQAMAgent(nn.Module):
     inside one DDP forward/backward. ``lam`` and ``kl_ema`` are buffers: checkpointed state.
     """
 
+    reuse_rollout_velocity: bool = True
+    """Keep v_θ(x_i, t_i) from the SDE rollout (with its graph) for the loss instead of re-evaluating it on
+    the trajectory, and reuse the rollout's last reference step: identical values, fewer passes."""
+
     def __init__(self, actor: FlowPolicy, base: FlowPolicy, critic: QEnsemble, cfg: FinetuneConfig):
         super().__init__()
         self.cfg, self.method = cfg, make_method(cfg)
@@ -110,7 +121,8 @@ class TRQAMAgent(nn.Module):
                 "bc_t": (batch,)}
 
     # -- the three losses --------------------------------------------------------------------------------
-    def critic_objective(self, batch: dict[str, Tensor], target_x0: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def critic_objective(self, batch: dict[str, Tensor],
+                         target_x0: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """TD on chunks: y = R + γ^H m (mean - ρ std) of Q̄ at a' = clip(ODE sample of v_θ at s') (SPEC §5)."""
         c = self.cfg.critic
         with torch.no_grad():
@@ -133,23 +145,34 @@ class TRQAMAgent(nn.Module):
         return flow_matching_loss(v, x0, x1, weight)
 
     def actor_objective(self, obs: Tensor, x0: Tensor, sde_noise: Tensor) -> tuple[Tensor, Tensor, dict]:
-        """Algorithm 3's policy update: SDE rollout (12), lean adjoint (13), adjoint matching (14), KL (15)."""
+        """Algorithm 3's policy update: SDE rollout (12), lean adjoint (13), adjoint matching (14), KL (15).
+
+        v_θ(x_i, t_i) comes from the rollout (``reuse_rollout_velocity``) rather than a second pass."""
         T, B, D = self.cfg.flow_steps, obs.shape[0], self.spec.flat_dim
         h = 1.0 / T
         cond_ft, cond_ref = self.actor.condition(obs), self.ref.condition(obs)
         v_ft, v_ref = self.actor.velocity_fn(cond_ft), self.ref.velocity_fn(cond_ref)
 
-        xs = sample_memoryless(v_ft, v_ref, x0, sde_noise)                         # (12)
+        ts = time_grid(T, obs.device)
+        if self.reuse_rollout_velocity:
+            xs, vf, v_last = sample_memoryless_tracked(v_ft, v_ref, x0, sde_noise)     # (12)
+        else:
+            xs = sample_memoryless(v_ft, v_ref, x0, sde_noise)                         # (12)
         a_T = terminal_adjoint(self.target_critic, obs, xs[-1], self.spec.horizon)
         adj = lean_adjoint(v_ref, xs[:-1], a_T)                                    # (13)
 
-        ts = time_grid(T, obs.device)
         g = memoryless_g(ts, h)
         sigma = g / torch.sqrt(self.method.temperature(self.lam).float())
-        x_flat, t_flat = xs[:-1].reshape(T * B, D), ts.repeat_interleave(B)
-        vf = self.actor.velocity(repeat_condition(cond_ft, T), x_flat, t_flat).view(T, B, D)
-        with torch.no_grad():
-            vr = self.ref.velocity(repeat_condition(cond_ref, T), x_flat, t_flat).view(T, B, D)
+        if self.reuse_rollout_velocity:
+            with torch.no_grad():
+                head = [self.ref.velocity(repeat_condition(cond_ref, T - 1), xs[:T - 1].reshape(-1, D),
+                                          ts[:-1].repeat_interleave(B)).view(T - 1, B, D)] if T > 1 else []
+                vr = torch.cat([*head, v_last[None]])
+        else:
+            x_flat, t_flat = xs[:-1].reshape(T * B, D), ts.repeat_interleave(B)
+            vf = self.actor.velocity(repeat_condition(cond_ft, T), x_flat, t_flat).view(T, B, D)
+            with torch.no_grad():
+                vr = self.ref.velocity(repeat_condition(cond_ref, T), x_flat, t_flat).view(T, B, D)
         adj_loss = adjoint_matching_loss(vf, vr, adj, sigma).mean()               # (14)
         kl = path_kl(vf, vr, g, h, self.spec.horizon)                              # (15)
         loss = adj_loss + self.method.extra_loss(kl, self.lam.float())
