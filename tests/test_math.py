@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from adapters import MLPFlowPolicy, MLPPolicyConfig
+from adapters import MLPFlowPolicy, MLPPolicyConfig, ResidualPolicy
 from trqam_sdk.config import CriticConfig, FinetuneConfig, PolicyConfig, TrustRegionConfig
 from trqam_sdk.dual import DualState, budget_at, dual_update
 from trqam_sdk.flow import (
@@ -154,6 +154,17 @@ def test_lean_adjoint_forms_no_parameter_gradients() -> None:
     adj = lean_adjoint(lambda x, t: lin(x) * t[:, None], torch.randn(5, 2, 3), torch.randn(2, 3))
     assert not adj.requires_grad
     assert lin.weight.grad is None and lin.bias.grad is None
+
+
+def test_residual_policy_starts_at_the_base() -> None:
+    """v_θ = v_base + f_θ with f's output layer zeroed: identical to the base at init, base frozen."""
+    torch.manual_seed(0)
+    base = MLPFlowPolicy(MLPPolicyConfig(3, 2, 2, width=16, depth=2))
+    pol = ResidualPolicy(base, MLPFlowPolicy(MLPPolicyConfig(3, 2, 2, width=16, depth=2)))
+    obs, x, t = torch.randn(5, 3), torch.randn(5, 4), torch.rand(5)
+    assert torch.equal(pol.velocity(pol.condition(obs), x, t), base.velocity(obs, x, t))
+    assert not any(p.requires_grad for p in base.parameters())
+    assert all(p.requires_grad for p in pol.correction.parameters())
 
 
 # -- objectives.py -----------------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def build_problem(bc: BenchConfig, seed: int = 0, fused_adam: bool = False) -> P
                        bc.critic_layer_norm)
     agent = TRQAMAgent(copy.deepcopy(prior), copy.deepcopy(prior), critic, cfg)
     params = [p for p in agent.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=fused_adam or None)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=fused_adam or None,
+                                 foreach=None if fused_adam else True)
     b, h, a, o = bc.batch, bc.horizon, bc.action_dim, bc.obs_dim
     batch = {"observations": torch.randn(b, o, generator=g),
              "actions": torch.rand(b, h, a, generator=g) * 2 - 1,
@@ -284,7 +285,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compile", action="store_true",
                         help="eager MLP/ensemble forwards (default: torch.compile, as TRQAM_COMPILE=1 does)")
     parser.add_argument("--fused-adam", action="store_true",
-                        help="Adam(fused=True) instead of the finetuner's default (for-loop on CPU) Adam")
+                        help="Adam(fused=True) instead of the finetuner's default (foreach) Adam")
     parser.set_defaults(func=run)
 
 

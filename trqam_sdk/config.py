@@ -7,7 +7,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
 
@@ -85,9 +85,6 @@ class FinetuneConfig:
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
-T = TypeVar("T")
-
-
 def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -112,7 +109,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+def from_dict[T](cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build a (nested) config dataclass from a mapping; unknown keys are errors, not silently dropped."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -122,7 +119,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()})
 
 
-def load_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:
+def load_yaml[T](cls: type[T], path: str | Path, section: str | None = None) -> T:
     """Load ``cls`` from a YAML file (optionally one top-level ``section`` of it)."""
     path = Path(path)
     if not path.is_file():

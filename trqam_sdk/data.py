@@ -39,7 +39,8 @@ class Transitions:
             if v.ndim == 1 or k in ("observations", "actions", "next_observations"):
                 bad = ~torch.isfinite(v.reshape(n, -1)).all(dim=1)
                 if bad.any():
-                    raise ValueError(f"{k}: {int(bad.sum())} rows contain NaN/inf (first at row {int(bad.nonzero()[0])})")
+                    first = int(bad.nonzero()[0])
+                    raise ValueError(f"{k}: {int(bad.sum())} rows contain NaN/inf (first at row {first})")
         if t["observations"].ndim != 2 or t["actions"].ndim != 2:
             raise ValueError("observations and actions must be 2-D (N, dim)")
         amax = float(t["actions"].abs().max())

@@ -111,6 +111,7 @@ def evaluate(
         for s in seeds:
             results.append(run_episode(env, act_fn, s))
             bar.update(1)
+            bar.set_postfix(success=f"{np.mean([x['success'] for x in results]):.2f}")
         env.close()
     else:
         ctx = mp.get_context("spawn")

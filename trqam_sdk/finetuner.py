@@ -104,7 +104,7 @@ class Finetuner:
                                      c.layer_norm)
         agent = TRQAMAgent(copy.deepcopy(policy), copy.deepcopy(policy), critic, cfg)
         params = [p for p in agent.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, foreach=True)  # multi-tensor; CPU default is a loop
         self.model, self.optimizer = acc.prepare(agent, optimizer)
         self.step, self.nonfinite_skips = 0, 0
         if acc.is_main_process:

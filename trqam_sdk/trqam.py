@@ -75,8 +75,8 @@ def make_method(cfg: FinetuneConfig) -> Method:
 @torch.no_grad()
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """target ← (1 - τ) target + τ source, over parameters and floating buffers."""
-    t = [p for p in target.parameters()]
-    s = [p.detach() for p in source.parameters()]
+    t = [p for p in target.parameters()] + [b for b in target.buffers() if b.is_floating_point()]
+    s = [p.detach() for p in source.parameters()] + [b for b in source.buffers() if b.is_floating_point()]
     torch._foreach_lerp_(t, s, tau)
 
 
