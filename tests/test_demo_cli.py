@@ -50,13 +50,9 @@ def test_demo_cli_tiny(tmp_path: Path) -> None:
         "--no-progress",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parents[1], env=env
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parents[1], env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    m = re.search(
-        r"RESULT .*BC (\d+\.\d)%\s+TRQAM (\d+\.\d)%\s+final kl_ema (\S+) vs ε 0.5\s+λ (\S+)", proc.stdout
-    )
+    m = re.search(r"RESULT .*BC (\d+\.\d)%\s+TRQAM (\d+\.\d)%\s+final kl_ema (\S+) vs ε 0.5\s+λ (\S+)", proc.stdout)
     assert m, proc.stdout
     assert 0.0 <= float(m.group(1)) <= 100.0 and 0.0 <= float(m.group(2)) <= 100.0
     assert float(m.group(3)) >= 0.0 and 0.01 <= float(m.group(4)) <= 100.0
@@ -64,9 +60,7 @@ def test_demo_cli_tiny(tmp_path: Path) -> None:
     assert (run / "trqam_curves.png").stat().st_size > 0
     assert (run / "trqam_policy" / "model.safetensors").is_file()
     assert (run / "bc_policy" / "config.json").is_file()
-    assert (run / "checkpoints" / "latest.json").is_file() and (
-        run / "checkpoints" / "step-00000010"
-    ).is_dir()
+    assert (run / "checkpoints" / "latest.json").is_file() and (run / "checkpoints" / "step-00000010").is_dir()
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 10 and {"path_kl", "kl_ema", "lam"} <= set(rows[-1])
     summary = json.loads((out / "results.json").read_text())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,13 +73,9 @@ def collect_episodes(
     import ogbench  # noqa: F401  (registers the envs)
 
     np.random.seed(seed)  # the oracles draw their plans and noise from numpy's global generator
-    env = gymnasium.make(
-        collect_env, terminate_at_goal=False, mode="data_collection", max_episode_steps=episode_length
-    )
+    env = gymnasium.make(collect_env, terminate_at_goal=False, mode="data_collection", max_episode_steps=episode_length)
     oracle = _make_oracle(env, noise, noise_smoothing)
-    out: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")
-    }
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")}
     clipped = 0
     for ep in range(episodes):
         ob, info = env.reset(seed=seed * 10_007 + ep)
@@ -198,8 +193,7 @@ def generate_dataset(
     for split, target in zip(("train", "val"), final, strict=True):
         shards = [np.load(j[0]) for j in jobs[split]]
         merged = {
-            k: np.concatenate([s[k] for s in shards])
-            for k in ("observations", "actions", "terminals", "qpos", "qvel")
+            k: np.concatenate([s[k] for s in shards]) for k in ("observations", "actions", "terminals", "qpos", "qvel")
         }
         rows = len(merged["actions"])
         stats[f"{split}_clipped_fraction"] = float(
@@ -234,12 +228,3 @@ def load_ogbench(task: str, dataset_dir: str | Path) -> tuple[Any, Transitions, 
 
     env, train, val = ogbench.make_env_and_datasets(task, dataset_dir=str(dataset_dir), compact_dataset=False)
     return env, to_transitions(train), to_transitions(val)
-
-
-def episodes_in(data: Transitions) -> int:
-    return int((data.terminals > 0.5).sum())
-
-
-def task_id(task: str) -> int:
-    m = re.search(r"task(\d+)", task)
-    return int(m.group(1)) if m else 0
