@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -25,6 +26,16 @@ from trqam_sdk.toy import random_episodes
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; each test builds Finetuners with its own precision."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def tiny_cfg(out: Path, **kw) -> FinetuneConfig:
@@ -134,6 +145,7 @@ def test_two_processes_match_one(toy, tmp_path):
 
 def test_nonfinite_loss_does_not_touch_weights(toy, tmp_path):
     data, _, root = toy
+    data = dataclasses.replace(data, rewards=data.rewards.clone())  # the fixture is shared: poison a copy
     ft = Finetuner(tiny_cfg(tmp_path / "nan"), load_policy(root / "prior"), data)
     ft.train(steps=2, progress=False)
     before = {k: v.clone() for k, v in ft.agent.state_dict().items()}
