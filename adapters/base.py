@@ -89,6 +89,16 @@ class FlowPolicy(nn.Module):
         """Close over a computed condition: the callable the samplers and the adjoint consume."""
         return lambda x, t: self.velocity(cond, x, t)
 
+    @torch.no_grad()
+    def sample(self, obs: Tensor, flow_steps: int = 10, generator: torch.Generator | None = None) -> Tensor:
+        """Act: Euler ODE sample from N(0, I) at t = 0 to t = 1, clipped to the box, as (B, H, A) chunks."""
+        from trqam_sdk.flow import sample_ode
+
+        cond = self.condition(obs)
+        x0 = torch.randn(obs.shape[0], self.spec.flat_dim, generator=generator).to(obs.device)
+        x = sample_ode(self.velocity_fn(cond), x0, flow_steps)
+        return x.clamp(self.spec.low, self.spec.high).view(-1, self.spec.horizon, self.spec.action_dim)
+
     # -- serialisation: config.json + model.safetensors (no pickles) -----------------------------------
     def get_config(self) -> dict[str, Any]:
         cfg = getattr(self, "config", None)
@@ -112,6 +122,16 @@ class FlowPolicy(nn.Module):
         return directory
 
 
+def check_state_dict(module: nn.Module, tensors: dict[str, Tensor], what: str) -> None:
+    """Raise ``ValueError(what: ...)`` naming missing, unexpected and wrongly shaped tensors."""
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    wrong = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own.keys() & tensors.keys() if own[k].shape != tensors[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{what}: missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
+
+
 def load_policy(path_or_repo: str | Path, revision: str | None = None) -> FlowPolicy:
     """Load an adapter saved by :meth:`FlowPolicy.save_pretrained` from a folder or a Hub repo id."""
     from safetensors.torch import load_file
@@ -132,12 +152,6 @@ def load_policy(path_or_repo: str | Path, revision: str | None = None) -> FlowPo
         raise ValueError(f"{path}/config.json names adapter {kind!r}; known: {sorted(ADAPTERS)}")
     policy = ADAPTERS[kind].from_config(meta["config"])
     state = load_file(str(path / "model.safetensors"))
-    own = policy.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(own[k].shape)}"
-             for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"checkpoint {path} does not match {kind}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
+    check_state_dict(policy, state, f"checkpoint {path} does not match {kind}")
     policy.load_state_dict(state)
     return policy

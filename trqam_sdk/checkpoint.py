@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from adapters.base import check_state_dict
+
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
@@ -92,13 +94,7 @@ def load_checkpoint(path: str | Path, agent: nn.Module, optimizer: torch.optim.O
         if not (path / name).is_file():
             raise FileNotFoundError(f"checkpoint {path} is incomplete: {name} is missing")
     tensors = load_file(str(path / "agent.safetensors"))
-    own = agent.state_dict()
-    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-    wrong = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own.keys() & tensors.keys() if tensors[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"checkpoint {path} does not match this model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
+    check_state_dict(agent, tensors, f"checkpoint {path} does not match this model")
     agent.load_state_dict(tensors)
     state = json.loads((path / "state.json").read_text())
     if optimizer is not None:

@@ -101,15 +101,12 @@ def run_seed(args: argparse.Namespace, seed: int, train: Any, eval_env: str, out
     policy.save_pretrained(out / "bc_policy")
     t_bc = time.perf_counter()
     env_kwargs = {"max_episode_steps": args.eval_max_steps} if args.eval_max_steps else None
-    bc = evaluate(
-        FlowActor(policy, args.flow_steps),
-        eval_env,
-        args.episodes,
-        seed=seed,
-        workers=args.workers,
-        progress=progress,
-        env_kwargs=env_kwargs,
-    )
+
+    def success(actor: Any) -> dict[str, float]:  # same env seeds for BC and TRQAM: a paired comparison
+        return evaluate(FlowActor(actor, args.flow_steps), eval_env, args.episodes, seed=seed,
+                        workers=args.workers, progress=progress, env_kwargs=env_kwargs)
+
+    bc = success(policy)
     t_bc_eval = time.perf_counter()
     print(
         f"seed {seed}: BC prior success {100 * bc['success_rate']:.1f}% over {args.episodes} episodes "
@@ -126,7 +123,6 @@ def run_seed(args: argparse.Namespace, seed: int, train: Any, eval_env: str, out
         seed=seed,
         log_every=max(1, min(50, args.steps // 20)),
         output_dir=str(out),
-        trackers=[],
     )
     log = out / "metrics.jsonl"
     if log.is_file():
@@ -135,15 +131,8 @@ def run_seed(args: argparse.Namespace, seed: int, train: Any, eval_env: str, out
     final = ft.train(progress=progress)
     ft.save_policy(out / "trqam_policy")
     t_ft = time.perf_counter()
-    tr = evaluate(
-        FlowActor(ft.agent.actor, args.flow_steps),
-        eval_env,
-        args.episodes,
-        seed=seed,
-        workers=args.workers,
-        progress=progress,
-        env_kwargs=env_kwargs,
-    )
+    ft.end()
+    tr = success(ft.agent.actor)
     t_end = time.perf_counter()
     plot = plot_metrics(log, out / "trqam_curves.png", f"{args.task} seed {seed}")
     return {

@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 
 from adapters.base import FlowPolicy
-from trqam_sdk.flow import sample_ode
 
 ActFn = Callable[[Tensor], Tensor]
 """obs (1, O) float32 -> action chunk (1, H, A) in [-1, 1]"""
@@ -36,12 +35,8 @@ class FlowActor:
     def reseed(self, seed: int) -> None:
         self.generator = torch.Generator().manual_seed(seed)
 
-    @torch.no_grad()
     def __call__(self, obs: Tensor) -> Tensor:
-        spec = self.policy.spec
-        x0 = torch.randn(obs.shape[0], spec.flat_dim, generator=self.generator)
-        x = sample_ode(self.policy.velocity_fn(self.policy.condition(obs)), x0, self.flow_steps)
-        return x.clamp(spec.low, spec.high).view(-1, spec.horizon, spec.action_dim)
+        return self.policy.sample(obs, self.flow_steps, self.generator)
 
 
 def run_episode(env: Any, act_fn: ActFn, seed: int) -> dict[str, float]:

@@ -210,9 +210,6 @@ class TRQAMAgent(nn.Module):
         if self.method.uses_dual:
             self.lam.fill_(state.lam)
 
-    @torch.no_grad()
     def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Evaluation policy: ODE sample of v_θ, clipped to the box, as (B, H, A) chunks."""
-        x0 = torch.randn(obs.shape[0], self.spec.flat_dim, generator=generator).to(obs.device)
-        x = sample_ode(self.actor.velocity_fn(self.actor.condition(obs)), x0, self.cfg.flow_steps)
-        return x.clamp(self.spec.low, self.spec.high).view(-1, self.spec.horizon, self.spec.action_dim)
+        return self.actor.sample(obs, self.cfg.flow_steps, generator)
