@@ -3,7 +3,8 @@
 # One torch only: the pin torch>=2.7,<2.12 in pyproject.toml (lerobot 0.6's range) is the single source of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${TRQAM_EXTRAS:-dev}"
+# Default: everything the test suite exercises (LeRobot VLAs, robosuite). TRQAM_EXTRAS=dev for a lean core install.
+EXTRAS="${TRQAM_EXTRAS:-dev,lerobot,robomimic}"
 
 find_python() {
   for cand in python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do
@@ -26,6 +27,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   before=$(.venv/bin/python -c 'import torch; print(torch.__version__)' 2>/dev/null || echo none)
   echo "setup: installing trqam-sdk[$EXTRAS] (torch before: $before)"
   .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+  case ",$EXTRAS," in
+    *,robomimic,*) .venv/bin/python -m pip install -q --no-deps "robosuite==1.5.2" ;;
+  esac
   after=$(.venv/bin/python -c 'import torch; print(torch.__version__)')
   if [ "$before" != none ] && [ "$before" != "$after" ]; then
     echo "setup: torch changed from $before to $after — refusing to continue silently" >&2; exit 1
