@@ -58,6 +58,20 @@ def tree_map(fn: Callable[[Tensor], Tensor], cond: Cond) -> Cond:
     return cond
 
 
+def first_leaf(tree: Cond) -> Tensor:
+    """The first tensor of a pytree (its batch size and device are the batch's)."""
+    if isinstance(tree, Tensor):
+        return tree
+    items = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list | tuple) else ()
+    for v in items:
+        if isinstance(v, Tensor | dict | list | tuple):
+            try:
+                return first_leaf(v)
+            except ValueError:
+                continue
+    raise ValueError(f"no tensor in {type(tree).__name__}")
+
+
 def repeat_condition(cond: Cond, n: int) -> Cond:
     """Tile a per-state conditioning n times along the batch (block order: [cond; cond; ...])."""
     return tree_map(lambda c: c.repeat(n, *([1] * (c.ndim - 1))), cond)
@@ -95,7 +109,8 @@ class FlowPolicy(nn.Module):
         from trqam_sdk.flow import sample_ode
 
         cond = self.condition(obs)
-        x0 = torch.randn(obs.shape[0], self.spec.flat_dim, generator=generator).to(obs.device)
+        first = first_leaf(obs)  # observations may be a dict (a VLA's images, tokens, state)
+        x0 = torch.randn(first.shape[0], self.spec.flat_dim, generator=generator).to(first.device)
         x = sample_ode(self.velocity_fn(cond), x0, flow_steps)
         return x.clamp(self.spec.low, self.spec.high).view(-1, self.spec.horizon, self.spec.action_dim)
 
@@ -147,6 +162,10 @@ def load_policy(path_or_repo: str | Path, revision: str | None = None) -> FlowPo
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path} has no {name}: not a trqam-sdk policy folder")
     meta = json.loads((path / "config.json").read_text())
+    if "adapter" not in meta and "type" in meta:  # a LeRobot checkpoint (pi0, pi05, smolvla)
+        from adapters.lerobot import from_pretrained
+
+        return from_pretrained(path)
     kind = meta.get("adapter")
     if kind not in ADAPTERS:
         raise ValueError(f"{path}/config.json names adapter {kind!r}; known: {sorted(ADAPTERS)}")

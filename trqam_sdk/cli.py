@@ -11,6 +11,11 @@ COMMANDS = {
     "demo": ("trqam_sdk.demo", "BC → TRQAM on regenerated OGBench cube-single, evaluated (the main job)"),
     "train": ("trqam_sdk.train", "fine-tune a policy on a transitions .npz with a YAML config"),
     "bench": ("trqam_sdk.bench", "time one full update: FLOPs, GFLOP/s and GEMM utilisation"),
+    "robomimic": ("trqam_sdk.robomimic_run", "robomimic lift/can/square: scripted data, recipes, stress test"),
+    "data": ("trqam_sdk.ogbench_data", "regenerate OGBench play datasets (all manipulation domains), resumable"),
+    "run": ("trqam_sdk.runner", "one (domain, task, method, seed) of an OGBench recipe: BC → offline → online → eval"),
+    "sweep": ("trqam_sdk.sweep", "many recipe runs, resumable and shardable over processes"),
+    "aggregate": ("trqam_sdk.aggregate", "result files → Table 1 layout (mean ± std over seeds) and curves"),
 }
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from adapters.base import tree_map
+
 KEYS = ("observations", "actions", "rewards", "masks", "terminals", "next_observations")
 
 
@@ -17,14 +19,15 @@ class Transitions:
 
     ``terminals[i] = 1`` marks the last step of an episode (end of data for that episode); ``masks[i] = 0``
     marks a true termination (no bootstrapping past it), e.g. task success in OGBench singletask.
+    Observations may be a dict of (N, ...) tensors (a VLA's images, tokens, state; see lerobot_data.py).
     """
 
-    observations: Tensor
+    observations: Tensor | dict[str, Tensor]
     actions: Tensor
     rewards: Tensor
     masks: Tensor
     terminals: Tensor
-    next_observations: Tensor
+    next_observations: Tensor | dict[str, Tensor]
 
     @classmethod
     def from_numpy(cls, arrays: dict[str, np.ndarray], action_bound: float = 1.0) -> Transitions:
@@ -51,10 +54,13 @@ class Transitions:
         return cls(**t)
 
     def __len__(self) -> int:
-        return self.observations.shape[0]
+        return self.actions.shape[0]
 
     @property
     def obs_dim(self) -> int:
+        if isinstance(self.observations, dict):
+            raise TypeError(f"dict observations ({sorted(self.observations)}) have no single obs_dim: "
+                            "give the Finetuner a critic with an observation encoder (trqam_sdk.encoders)")
         return self.observations.shape[1]
 
     @property
@@ -88,11 +94,11 @@ class ChunkSampler:
         alive = torch.cumprod(d.masks[steps], dim=1)  # 0 from the first terminated step on
         alive_before = torch.cat([torch.ones_like(alive[:, :1]), alive[:, :-1]], dim=1)
         return {
-            "observations": d.observations[idx],
+            "observations": tree_map(lambda o: o[idx], d.observations),
             "actions": d.actions[steps],
             "rewards": d.rewards[steps] * alive_before * valid_steps,
             "masks": alive[:, -1],
             "valid": valid_steps[:, -1],
             "valid_steps": valid_steps,
-            "next_observations": d.next_observations[steps[:, -1]],
+            "next_observations": tree_map(lambda o: o[steps[:, -1]], d.next_observations),
         }

@@ -63,9 +63,10 @@ def run_episode(env: Any, act_fn: ActFn, seed: int) -> dict[str, float]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(env_name: str, act_fn: ActFn, env_kwargs: dict[str, Any]) -> None:
+def _init_worker(env_name: str, act_fn: ActFn, env_kwargs: dict[str, Any],
+                 env_factory: Callable[[], Any] | None = None) -> None:
     torch.set_num_threads(1)
-    _WORKER["env"] = _make_env(env_name, env_kwargs)
+    _WORKER["env"] = env_factory() if env_factory is not None else _make_env(env_name, env_kwargs)
     _WORKER["act_fn"] = act_fn
 
 
@@ -88,11 +89,14 @@ def evaluate(
     workers: int | None = None,
     progress: bool = False,
     env_kwargs: dict[str, Any] | None = None,
+    env_factory: Callable[[], Any] | None = None,
 ) -> dict[str, float]:
     """Mean success rate (and return, length) over ``episodes`` seeded episodes.
 
     ``act_fn`` must be picklable when ``workers > 1`` (e.g. :class:`FlowActor`). Episode ``i`` uses env
     seed ``100000 seed + i`` whatever the worker count, so results do not depend on how the pool splits them.
+    ``env_factory`` (picklable, e.g. robomimic_env.RobomimicEnvFactory) builds a non-OGBench env instead;
+    it must follow the gymnasium reset/step API and report ``info["success"]``.
     """
     from tqdm.auto import tqdm
 
@@ -102,7 +106,7 @@ def evaluate(
     results: list[dict[str, float]] = []
     bar = tqdm(total=episodes, desc=f"eval {env_name}", unit="ep", disable=not progress)
     if workers == 1:
-        env = _make_env(env_name, env_kwargs)
+        env = env_factory() if env_factory is not None else _make_env(env_name, env_kwargs)
         for s in seeds:
             results.append(run_episode(env, act_fn, s))
             bar.update(1)
@@ -110,7 +114,7 @@ def evaluate(
         env.close()
     else:
         ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(env_name, act_fn, env_kwargs)) as pool:
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(env_name, act_fn, env_kwargs, env_factory)) as pool:
             for r in pool.imap(_worker_episode, seeds):
                 results.append(r)
                 bar.update(1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from adapters.base import FlowPolicy
+from adapters.base import FlowPolicy, tree_map
 from trqam_sdk.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trqam_sdk.config import FinetuneConfig, to_dict
 from trqam_sdk.data import ChunkSampler, Transitions
@@ -36,11 +37,13 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def check_compatible(policy: FlowPolicy, data: Transitions) -> None:
+    if data.action_dim != policy.spec.action_dim:
+        raise ValueError(f"data actions have dim {data.action_dim}, the policy expects {policy.spec.action_dim}")
+    if isinstance(data.observations, dict):  # the adapter validates dict observations in `condition`
+        return
     obs_dim = getattr(getattr(policy, "config", None), "obs_dim", data.obs_dim)
     if obs_dim != data.obs_dim:
         raise ValueError(f"data observations have dim {data.obs_dim}, the policy expects {obs_dim}")
-    if data.action_dim != policy.spec.action_dim:
-        raise ValueError(f"data actions have dim {data.action_dim}, the policy expects {policy.spec.action_dim}")
 
 
 def pretrain_bc(policy: FlowPolicy, data: Transitions, steps: int, batch_size: int = 256, lr: float = 3e-4,
@@ -127,7 +130,7 @@ class Finetuner:
         noise["bc_t"] = torch.rand(b, generator=g)
         per = b // acc.num_processes
         rows = slice(acc.process_index * per, (acc.process_index + 1) * per)
-        batch = {k: v.to(acc.device) for k, v in self.sampler.sample(idx[rows]).items()}
+        batch = {k: tree_map(lambda x: x.to(acc.device), v) for k, v in self.sampler.sample(idx[rows]).items()}
         noise = {k: (v[:, rows] if k == "sde" else v[rows]).to(acc.device) for k, v in noise.items()}
         return batch, noise
 
@@ -159,13 +162,18 @@ class Finetuner:
         return out
 
     # -- loop, logging, checkpoints --------------------------------------------------------------------
-    def train(self, steps: int | None = None, progress: bool = True) -> dict[str, float]:
+    def train(self, steps: int | None = None, progress: bool = True,
+              before_step: Callable[[int], None] | None = None) -> dict[str, float]:
+        """Run to ``cfg.steps`` (or ``steps`` more). ``before_step(step)`` runs before each update: the online
+        phase steps the environment there (UTD 1) and periodic evaluation hooks in."""
         acc, cfg = self.accelerator, self.cfg
         end = cfg.steps if steps is None else self.step + steps
         bar = tqdm(total=end, initial=self.step, desc=f"{cfg.method}", mininterval=1.0,
                    disable=not (progress and acc.is_local_main_process))
         metrics: dict[str, float] = {}
         while self.step < end:
+            if before_step is not None:
+                before_step(self.step)
             metrics = self.train_step()
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == end:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -80,7 +81,7 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     torch._foreach_lerp_(t, s, tau)
 
 
-def terminal_adjoint(critic: QEnsemble, obs: Tensor, x: Tensor, horizon: int) -> Tensor:
+def terminal_adjoint(critic: nn.Module, obs: Any, x: Tensor, horizon: int) -> Tensor:
     """a_T = -∇_x mean_k Q_k(s, clip(x, -1, 1)): components outside the box get zero gradient (SPEC §3.2)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
@@ -101,7 +102,7 @@ class TRQAMAgent(nn.Module):
     """Keep v_θ(x_i, t_i) from the SDE rollout (with its graph) for the loss instead of re-evaluating it on
     the trajectory, and reuse the rollout's last reference step: identical values, fewer passes."""
 
-    def __init__(self, actor: FlowPolicy, base: FlowPolicy, critic: QEnsemble, cfg: FinetuneConfig):
+    def __init__(self, actor: FlowPolicy, base: FlowPolicy, critic: QEnsemble | nn.Module, cfg: FinetuneConfig):
         super().__init__()
         self.cfg, self.method = cfg, make_method(cfg)
         self.spec = actor.spec
@@ -144,16 +145,16 @@ class TRQAMAgent(nn.Module):
         weight = batch["valid_steps"].repeat_interleave(self.spec.action_dim, dim=1)
         return flow_matching_loss(v, x0, x1, weight)
 
-    def actor_objective(self, obs: Tensor, x0: Tensor, sde_noise: Tensor) -> tuple[Tensor, Tensor, dict]:
+    def actor_objective(self, obs: Any, x0: Tensor, sde_noise: Tensor) -> tuple[Tensor, Tensor, dict]:
         """Algorithm 3's policy update: SDE rollout (12), lean adjoint (13), adjoint matching (14), KL (15).
 
         v_θ(x_i, t_i) comes from the rollout (``reuse_rollout_velocity``) rather than a second pass."""
-        T, B, D = self.cfg.flow_steps, obs.shape[0], self.spec.flat_dim
+        T, B, D = self.cfg.flow_steps, x0.shape[0], self.spec.flat_dim  # obs may be a dict (VLA)
         h = 1.0 / T
         cond_ft, cond_ref = self.actor.condition(obs), self.ref.condition(obs)
         v_ft, v_ref = self.actor.velocity_fn(cond_ft), self.ref.velocity_fn(cond_ref)
 
-        ts = time_grid(T, obs.device)
+        ts = time_grid(T, x0.device)
         if self.reuse_rollout_velocity:
             xs, vf, v_last = sample_memoryless_tracked(v_ft, v_ref, x0, sde_noise)     # (12)
         else:

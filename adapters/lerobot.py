@@ -1,0 +1,303 @@
+"""Adapters for LeRobot 0.6's flow VLAs: pi0, pi0.5 and SmolVLA, behind the SDK's FlowPolicy protocol.
+
+* Observations are lerobot's *pre-processed* batch (the output of the checkpoint's own pre-processor:
+  normalised state, images in [0, 1], language tokens + mask; for pi0.5 the state is already tokenised into the
+  prompt). ``condition`` embeds the prefix (images, language, and the state where it lives there) once per state
+  under ``no_grad`` into a per-layer KV cache; ``velocity`` runs only the action expert against it.
+* Time: lerobot integrates t' = 1 (noise) → t' = 0 (action) with v' ≈ noise − action; we return
+  v = −v'(x, 1 − t) (SPEC §1).
+* Padding: the models work on (chunk_size, max_action_dim) chunks. The SDK flows over the *real* action dims only,
+  (H, A) = (chunk_size, action_dim); the padded dims are held at 0 — the value lerobot's ``pad_vector`` gives them
+  in training — for every velocity evaluation, so the velocity is a deterministic function of the real dims and
+  the critic, KL and adjoint never see dims the robot does not execute. The chunk length is the model's
+  ``chunk_size`` (its tokens are generated jointly): set it when building/fine-tuning a model for RL.
+* Each ``velocity`` call builds a fresh ``DynamicCache`` over the cached tensors: SmolVLA appends to and crops
+  its cache in place, so a shared cache object would make a second VJP differ from the first.
+* Trainable: the action expert (and its projections); the VLM, vision tower and any prefix-side projection are
+  frozen. Optionally LoRA adapters (peft) on the expert instead (``lora_rank``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adapters.base import ActionSpec, FlowPolicy, check_state_dict
+
+TOKENS, TOKEN_MASK, STATE = "observation.language.tokens", "observation.language.attention_mask", "observation.state"
+PROCESSOR_FILES = ("policy_preprocessor.json", "policy_postprocessor.json")
+
+
+class _Shared:
+    """Holds the pre/post-processors; shared (not copied) by ``copy.deepcopy`` of the adapter."""
+
+    def __init__(self, pre: Any, post: Any):
+        self.pre, self.post = pre, post
+
+    def __deepcopy__(self, memo: dict) -> _Shared:
+        return self
+
+
+def _resolve(path_or_repo: str | Path, revision: str | None) -> Path:
+    path = Path(path_or_repo)
+    if path.is_dir():
+        return path
+    if path.exists() or str(path_or_repo).startswith((".", "/")):
+        raise FileNotFoundError(f"LeRobot checkpoint folder not found: {path_or_repo}")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(path_or_repo), revision=revision))
+
+
+class LeRobotFlowPolicy(FlowPolicy):
+    """Common part of the three adapters; subclasses name the lerobot type and the model's module layout."""
+
+    lerobot_type: ClassVar[str] = ""
+    expert_modules: ClassVar[tuple[str, ...]] = ()
+    """attributes of ``policy.model`` that form the action expert (trainable); everything else is frozen"""
+
+    def __init__(self, policy: nn.Module, preprocessor: Any = None, postprocessor: Any = None,
+                 lora_rank: int = 0):
+        super().__init__()
+        if getattr(policy, "name", None) != self.lerobot_type:
+            raise ValueError(f"{type(self).__name__} wraps lerobot '{self.lerobot_type}' policies, "
+                             f"got {getattr(policy, 'name', type(policy).__name__)!r}")
+        self.policy = policy.float()
+        cfg = policy.config
+        self.real_action_dim = int(cfg.output_features["action"].shape[0])
+        self.spec = ActionSpec(int(cfg.chunk_size), self.real_action_dim)
+        self.processors = _Shared(preprocessor, postprocessor)
+        self.image_keys = list(cfg.image_features)
+        self.state_dim = int(cfg.input_features[STATE].shape[0]) if STATE in cfg.input_features else None
+        self.policy.requires_grad_(False)
+        for name in self.expert_modules:
+            self.policy.model.get_submodule(name).requires_grad_(True)
+        self.lora_rank = lora_rank
+        if lora_rank:
+            self._add_lora(lora_rank)
+        self.eval()
+
+    # -- the protocol ------------------------------------------------------------------------------------
+    def check_observations(self, obs: Any) -> int:
+        """Validate a pre-processed batch; returns its batch size. Errors name the offending key."""
+        if not isinstance(obs, dict):
+            raise ValueError(f"observations: expected a dict of lerobot pre-processed tensors, got {type(obs)}")
+        need = [*self.image_keys, TOKENS, TOKEN_MASK] + ([STATE] if self.state_dim else [])
+        missing = [k for k in need if k not in obs]
+        if missing:
+            raise ValueError(f"observations lack {missing} (has {sorted(obs)}); run the checkpoint's preprocessor")
+        b = obs[TOKENS].shape[0]
+        for k in self.image_keys:
+            img = obs[k]
+            if img.ndim != 4 or img.shape[1] != 3 or img.shape[0] != b:
+                raise ValueError(f"observations[{k!r}]: expected ({b}, 3, H, W) images, got {tuple(img.shape)}")
+        if obs[TOKENS].ndim != 2 or obs[TOKEN_MASK].shape != obs[TOKENS].shape:
+            raise ValueError(f"observations: tokens {tuple(obs[TOKENS].shape)} and mask "
+                             f"{tuple(obs[TOKEN_MASK].shape)} must both be (B, L)")
+        if self.state_dim and tuple(obs[STATE].shape) != (b, self.state_dim):
+            raise ValueError(f"observations[{STATE!r}]: expected ({b}, {self.state_dim}), "
+                             f"got {tuple(obs[STATE].shape)}")
+        return b
+
+    def _images(self, obs: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        return self.policy._preprocess_images(obs)
+
+    def _prefix_kv(self, obs: dict[str, Tensor]) -> tuple[Any, Tensor]:
+        """Run the frozen VLM over the prefix: (DynamicCache, prefix pad mask)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def condition(self, obs: dict[str, Tensor]) -> dict[str, Any]:
+        """The prefix KV cache (per layer keys/values), its pad mask, and the suffix-side state for pi0."""
+        self.check_observations(obs)
+        kv, pad = self._prefix_kv(obs)
+        cond: dict[str, Any] = {"keys": [layer.keys for layer in kv.layers],
+                                "values": [layer.values for layer in kv.layers], "pad": pad}
+        cond.update(self._suffix_inputs(obs))
+        return cond
+
+    def _suffix_inputs(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {}
+
+    def _denoise(self, cond: dict[str, Any], cache: Any, x: Tensor, t: Tensor) -> Tensor:
+        return self.policy.model.denoise_step(prefix_pad_masks=cond["pad"], past_key_values=cache, x_t=x,
+                                              timestep=t)
+
+    def velocity(self, cond: dict[str, Any], x: Tensor, t: Tensor) -> Tensor:
+        """SDK velocity −v'(x̃, 1 − t) on the real dims, x̃ = x zero-padded to max_action_dim."""
+        from transformers.cache_utils import DynamicCache
+
+        h, a = self.spec.horizon, self.spec.action_dim
+        padded = F.pad(x.view(-1, h, a), (0, self.policy.config.max_action_dim - a))
+        cache = DynamicCache(tuple((k, v, None) for k, v in zip(cond["keys"], cond["values"], strict=True)))
+        native = self._denoise(cond, cache, padded, (1.0 - t).to(torch.float32))
+        return -native[:, :, :a].reshape(x.shape[0], h * a).to(x.dtype)
+
+    # -- LoRA ----------------------------------------------------------------------------------------------
+    def _add_lora(self, rank: int) -> None:
+        """Replace full expert training by rank-``rank`` LoRA on the expert's attention / MLP projections."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        self.policy.requires_grad_(False)
+        target = self.expert_modules[0]
+        cfg = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, init_lora_weights=True,
+                         target_modules=r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
+        inject_adapter_in_model(cfg, self.policy.model.get_submodule(target))
+        for name, p in self.named_parameters():
+            p.requires_grad_("lora_" in name)
+
+    def merged_policy(self) -> nn.Module:
+        """The lerobot policy with LoRA folded into the weights (the policy itself when there is none)."""
+        if not self.lora_rank:
+            return self.policy
+        merged = copy.deepcopy(self.policy)
+        for module in list(merged.modules()):
+            if hasattr(module, "merge") and hasattr(module, "base_layer"):
+                module.merge()
+        state = {k.replace(".base_layer", ""): v for k, v in merged.state_dict().items() if "lora_" not in k}
+        clean = type(self.policy)(self.policy.config)
+        clean.load_state_dict(state)
+        return clean
+
+    # -- serialisation: lerobot's own checkpoint format ---------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return {"lerobot_type": self.lerobot_type, "chunk_size": self.spec.horizon,
+                "action_dim": self.spec.action_dim, "lora_rank": self.lora_rank}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> FlowPolicy:
+        raise NotImplementedError(f"{cls.__name__} is built from a lerobot checkpoint: use from_pretrained(path)")
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json + model.safetensors (lerobot's format, LoRA merged) and the processors."""
+        directory = Path(directory)
+        self.merged_policy().save_pretrained(directory)
+        for proc in (self.processors.pre, self.processors.post):
+            if proc is not None:
+                proc.save_pretrained(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | Path, revision: str | None = None,
+                        lora_rank: int = 0) -> LeRobotFlowPolicy:
+        """Load a lerobot checkpoint (local folder or Hub repo) and its processors into the adapter."""
+        from lerobot.configs.policies import PreTrainedConfig
+        from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+        from safetensors.torch import load_file
+
+        folder = _resolve(path_or_repo, revision)
+        for name in ("config.json", "model.safetensors"):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder} has no {name}: not a LeRobot checkpoint folder")
+        kind = json.loads((folder / "config.json").read_text()).get("type")
+        if kind != cls.lerobot_type:
+            raise ValueError(f"{folder}/config.json is a lerobot {kind!r} checkpoint, {cls.__name__} loads "
+                             f"{cls.lerobot_type!r}")
+        config = PreTrainedConfig.from_pretrained(str(folder))
+        config.device = "cpu"
+        policy = get_policy_class(kind)(config)
+        state = load_file(str(folder / "model.safetensors"))
+        check_state_dict(policy, state, f"checkpoint {folder} does not match its {kind} config")
+        policy.load_state_dict(state)
+        pre = post = None
+        if all((folder / f).is_file() for f in PROCESSOR_FILES):
+            pre, post = make_pre_post_processors(config, pretrained_path=str(folder),
+                                                 preprocessor_overrides={"device_processor": {"device": "cpu"}})
+        return cls(policy.eval(), pre, post, lora_rank=lora_rank)
+
+    @property
+    def preprocessor(self) -> Any:
+        return self.processors.pre
+
+    @property
+    def postprocessor(self) -> Any:
+        return self.processors.post
+
+
+class _PiFamily(LeRobotFlowPolicy):
+    def _prefix_kv(self, obs: dict[str, Tensor]) -> tuple[Any, Tensor]:
+        from lerobot.policies.common.vla_utils import make_att_2d_masks, prepare_attention_masks_4d
+
+        model = self.policy.model
+        images, img_masks = self._images(obs)
+        embs, pad, att = model.embed_prefix(images, img_masks, obs[TOKENS], obs[TOKEN_MASK])
+        pwe = model.paligemma_with_expert
+        pwe.paligemma.model.language_model.config._attn_implementation = "eager"
+        pwe.gemma_expert.model.config._attn_implementation = "eager"
+        _, kv = pwe.forward(attention_mask=prepare_attention_masks_4d(make_att_2d_masks(pad, att)),
+                            position_ids=torch.cumsum(pad, dim=1) - 1, past_key_values=None,
+                            inputs_embeds=[embs, None], use_cache=True)
+        return kv, pad
+
+
+class LeRobotPI0Policy(_PiFamily):
+    """pi0: the (padded, normalised) state is a token of the action expert's suffix, so it rides in the
+    condition and ``state_proj`` trains with the expert."""
+
+    type_name = "lerobot_pi0"
+    lerobot_type = "pi0"
+    expert_modules = ("paligemma_with_expert.gemma_expert.model", "action_in_proj", "action_out_proj",
+                      "action_time_mlp_in", "action_time_mlp_out", "state_proj")
+
+    def _suffix_inputs(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"state": self.policy.prepare_state(obs)}
+
+    def _denoise(self, cond: dict[str, Any], cache: Any, x: Tensor, t: Tensor) -> Tensor:
+        return self.policy.model.denoise_step(state=cond["state"], prefix_pad_masks=cond["pad"],
+                                              past_key_values=cache, x_t=x, timestep=t)
+
+
+class LeRobotPI05Policy(_PiFamily):
+    """pi0.5: the state is discretised into the prompt by the pre-processor (so it is in the cached prefix);
+    time enters the expert through adaRMS."""
+
+    type_name = "lerobot_pi05"
+    lerobot_type = "pi05"
+    expert_modules = ("paligemma_with_expert.gemma_expert.model", "action_in_proj", "action_out_proj", "time_mlp_in",
+                      "time_mlp_out")
+
+
+class LeRobotSmolVLAPolicy(LeRobotFlowPolicy):
+    """SmolVLA: the state is a prefix token (``state_proj`` is frozen with the VLM); the expert alternates
+    cross-attention to the prefix KV and self-attention that appends to (then crops) the cache."""
+
+    type_name = "lerobot_smolvla"
+    lerobot_type = "smolvla"
+    expert_modules = ("vlm_with_expert.lm_expert", "action_in_proj", "action_out_proj", "action_time_mlp_in",
+                      "action_time_mlp_out")
+
+    def _images(self, obs: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        return self.policy.prepare_images(obs)
+
+    def _prefix_kv(self, obs: dict[str, Tensor]) -> tuple[Any, Tensor]:
+        from lerobot.policies.common.vla_utils import make_att_2d_masks
+
+        model = self.policy.model
+        images, img_masks = self._images(obs)
+        state = self.policy.prepare_state(obs)
+        embs, pad, att = model.embed_prefix(images, img_masks, obs[TOKENS], obs[TOKEN_MASK], state=state)
+        _, kv = model.vlm_with_expert.forward(attention_mask=make_att_2d_masks(pad, att),
+                                              position_ids=torch.cumsum(pad, dim=1) - 1, past_key_values=None,
+                                              inputs_embeds=[embs, None], use_cache=True)
+        return kv, pad
+
+
+LEROBOT_ADAPTERS: dict[str, type[LeRobotFlowPolicy]] = {
+    c.lerobot_type: c for c in (LeRobotPI0Policy, LeRobotPI05Policy, LeRobotSmolVLAPolicy)}
+
+
+def from_pretrained(path_or_repo: str | Path, revision: str | None = None, lora_rank: int = 0) -> LeRobotFlowPolicy:
+    """Load any supported lerobot checkpoint (pi0, pi05, smolvla) as an SDK adapter."""
+    folder = _resolve(path_or_repo, revision)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: not a LeRobot checkpoint folder")
+    kind = json.loads((folder / "config.json").read_text()).get("type")
+    if kind not in LEROBOT_ADAPTERS:
+        raise ValueError(f"{folder}/config.json has lerobot type {kind!r}; supported: {sorted(LEROBOT_ADAPTERS)}")
+    return LEROBOT_ADAPTERS[kind].from_pretrained(folder, lora_rank=lora_rank)

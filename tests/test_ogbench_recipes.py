@@ -1,0 +1,135 @@
+"""Every OGBench domain recipe runs end to end on tiny official-format data; offline → online; aggregation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ogbench")
+
+from trqam_sdk import cli  # noqa: E402
+from trqam_sdk.aggregate import format_table, load_results, plot_domain, table  # noqa: E402
+from trqam_sdk.ogbench_data import generate_dataset  # noqa: E402
+from trqam_sdk.recipes import list_recipes, load_recipe, parse_sets  # noqa: E402
+from trqam_sdk.runner import run_one  # noqa: E402
+
+PAPER_DOMAINS = ["cube-double", "cube-triple", "cube-quadruple", "scene", "puzzle-3x3", "puzzle-4x4",
+                 "antmaze-large", "antmaze-giant", "humanoidmaze-medium", "humanoidmaze-large"]
+LENGTH = 30  # rows per tiny episode
+
+TINY = {"bc_steps": 3, "offline_steps": 4, "threads": 1,
+        "finetune": {"batch_size": 8, "log_every": 1, "policy": {"width": 16}, "critic": {"num_critics": 2, "width": 16}},
+        "eval": {"episodes": 1, "max_steps": 6, "workers": 1}}
+
+
+def tiny_overrides(domain: str, root: Path) -> dict:
+    """Tiny data for ``domain``: regenerated play data, or a random-policy navigate file for mazes."""
+    if "maze" in domain:  # official-format file from a correlated-random policy (no expert exists here)
+        folder = generate_dataset(f"{domain}-navigate-singletask-task1-v0", episodes=1, val_episodes=1,
+                                  dataset_dir=root, workers=1, episode_length=LENGTH, progress=False,
+                                  policy="random")
+        data = {"source": "official", "dataset_dir": str(folder)}
+    else:
+        data = {"source": "regenerate", "dataset_dir": str(root), "episodes": 1, "episode_length": LENGTH,
+                "workers": 1}
+    online = 3 if domain in ("antmaze-giant", "cube-double") else 0
+    return {**TINY, "data": data, "online_steps": online}
+
+
+def test_recipes_are_complete() -> None:
+    assert set(PAPER_DOMAINS) <= set(list_recipes())
+    for name in PAPER_DOMAINS:
+        paper, small = load_recipe(name, "paper"), load_recipe(name, "cpu-small")
+        assert (paper.bc_steps, paper.offline_steps, paper.online_steps) == (300_000, 1_000_000, 500_000)
+        assert paper.horizon == (1 if "maze" in name else 5) and len(paper.seeds) == 8
+        assert paper.methods == ["bc", "qam", "qam_ext_kl", "trqam"] and paper.tasks == [1, 2, 3, 4, 5]
+        assert small.offline_steps < 5000 and small.finetune.policy.width <= 256
+        big = name in ("cube-triple", "cube-quadruple", "puzzle-4x4", "antmaze-giant")
+        assert (paper.finetune.policy.width, paper.finetune.policy.layer_norm) == ((1024, True) if big else (512, False))
+        human = name.startswith("humanoidmaze")
+        assert (paper.finetune.critic.discount, paper.finetune.critic.rho) == ((0.999, 0.0) if human else (0.995, 0.5))
+        assert paper.data.reward == ("sparse" if name.startswith(("scene", "puzzle")) else "default")
+    eps = {n: load_recipe(n, "paper").kl_budget for n in PAPER_DOMAINS}
+    assert eps["puzzle-4x4"] == 4.0 and eps["puzzle-3x3"] == 2.0 and eps["cube-quadruple"] == 1.0
+    assert load_recipe("puzzle-4x4", "paper").qam_tau == 30.0 and load_recipe("antmaze-large", "paper").qam_tau == 10
+    giant = load_recipe("antmaze-giant", "paper")
+    assert giant.data.num_files == 10 and giant.finetune_config("trqam", 0, "x").trust_region.kl_budget_schedule == [
+        (1_000_000, 3.0)]
+
+
+def test_recipe_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no recipe"):
+        load_recipe("cube-nonexistent")
+    with pytest.raises(KeyError, match="no profile"):
+        load_recipe("scene", "gpu-huge")
+    with pytest.raises(KeyError, match="unknown keys"):
+        load_recipe("scene", "cpu-small", {"finetune": {"batch": 3}})
+    with pytest.raises(ValueError, match="unknown methods"):
+        load_recipe("scene", "cpu-small", {"methods": ["sac"]})
+    assert parse_sets(["eval.episodes=3", "kl_budget=0.25"]) == {"eval": {"episodes": 3}, "kl_budget": 0.25}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_sets(["episodes"])
+
+
+@pytest.mark.parametrize("domain", PAPER_DOMAINS)
+def test_recipe_runs_tiny(domain: str, tmp_path: Path) -> None:
+    """Each domain's recipe: data → BC prior → TRQAM offline (→ online) → evaluation, on tiny data."""
+    recipe = load_recipe(domain, "cpu-small", tiny_overrides(domain, tmp_path / "data"))
+    out = tmp_path / "runs"
+    res = run_one(recipe, 1, "trqam", 0, out, "cpu-small")
+    steps = recipe.offline_steps + recipe.online_steps
+    assert res["steps"] == steps and 0.0 <= res["success"] <= 1.0 and 0.01 <= res["lam"] <= 100.0
+    rdir = out / domain / "task1" / "trqam" / "seed0"
+    rows = [json.loads(r) for r in (rdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    evals = [json.loads(r) for r in (rdir / "evals.jsonl").read_text().splitlines()]
+    assert evals[-1]["step"] == steps and evals[-1]["mean_length"] <= 6
+    assert (rdir / "policy" / "model.safetensors").is_file()
+    if domain == "antmaze-giant":  # ε switches from 0.5 to 3.0 exactly when the online phase starts
+        assert [r["kl_budget"] for r in rows] == [0.5] * 4 + [3.0] * 3 and res["kl_budget"] == 3.0
+    if recipe.online_steps:
+        assert res["online_rows"] == recipe.online_steps and "offline_success" in res
+        assert [e["phase"] for e in evals] == ["offline", "online"]
+    bc = run_one(recipe, 1, "bc", 0, out, "cpu-small")  # reuses the cached prior, evaluates it
+    assert bc["steps"] == 0 and 0.0 <= bc["success"] <= 1.0
+
+
+def test_sweep_resumes_and_aggregate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    sets = ["bc_steps=3", "offline_steps=4", "finetune.batch_size=8", "finetune.log_every=1",
+            "finetune.policy.width=16", "finetune.critic.num_critics=2", "finetune.critic.width=16",
+            "eval.episodes=1", "eval.max_steps=5", f"data.dataset_dir={data}", "data.episodes=1",
+            f"data.episode_length={LENGTH}", "data.workers=1"]
+    argv = ["sweep", "--recipes", "cube-single", "--methods", "bc", "qam_ext_kl", "--seeds", "0", "1",
+            "--out", str(tmp_path / "runs"), "--set", *sets]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.count("done cube-single") == 4
+    assert cli.main(argv) == 0  # everything finished: all skipped
+    assert capsys.readouterr().out.count("skip (done)") == 4
+    assert cli.main(["aggregate", "--runs", str(tmp_path / "runs"), "--plots", str(tmp_path / "plots")]) == 0
+    text = capsys.readouterr().out
+    assert "| BC (prior) |" in text and "| QAM + External KL |" in text and "c1" in text
+    assert (tmp_path / "plots" / "cube-single_curves.png").stat().st_size > 0
+
+
+def test_table_math(tmp_path: Path) -> None:
+    """Per seed: mean over tasks; then mean ± population std over seeds; 'all' averages domains."""
+    for seed, tasks in ((0, (0.2, 0.4)), (1, (0.6, 0.8))):
+        for task, s in zip((1, 2), tasks, strict=True):
+            for method, extra in (("trqam", {"offline_success": s, "online_success": 1.0}), ("bc", {})):
+                d = tmp_path / "scene" / f"task{task}" / method / f"seed{seed}"
+                d.mkdir(parents=True)
+                (d / "result.json").write_text(json.dumps({"domain": "scene", "task": task, "method": method,
+                                                           "seed": seed, "success": s / 2, **extra}))
+    results = load_results(tmp_path)
+    tab = table(results, "offline")
+    np.testing.assert_allclose(tab["trqam"]["scene"][:2], (50.0, 20.0))  # seeds: 30 and 70
+    np.testing.assert_allclose(tab["bc"]["scene"][:2], (25.0, 10.0))
+    assert table(results, "online")["trqam"]["scene"][:2] == (100.0, 0.0)
+    assert "| TRQAM | 50.0 ± 20.0 (n=2) | 50.0 |" in format_table(tab)
+    assert plot_domain(results, "scene", tmp_path / "p.png").stat().st_size > 0  # no curves logged: still draws
+    with pytest.raises(FileNotFoundError, match="no result.json"):
+        load_results(tmp_path / "empty")

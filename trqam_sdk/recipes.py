@@ -1,0 +1,152 @@
+"""OGBench recipes: one YAML per domain with the paper's values and named profiles (``paper``, ``cpu-small``).
+
+A recipe file holds the shared fields at top level and ``profiles: {name: overrides}``; loading a profile
+deep-merges its overrides over the shared fields and builds a strict :class:`Recipe` (unknown keys are
+errors). ``--set a.b=v`` overrides apply last. The per-run :class:`FinetuneConfig` is derived from the recipe
+(method, steps, seed, ε schedule), so the math settings live in one place.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from trqam_sdk.config import FinetuneConfig, from_dict
+
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes" / "ogbench"
+METHODS = ("bc", "qam", "qam_ext_kl", "trqam")
+"""bc: the BC prior evaluated as is; the other three fine-tune it (FinetuneConfig.method)"""
+
+
+@dataclass
+class DataConfig:
+    source: Literal["official", "regenerate"] = "official"
+    """official: OGBench files (cache or dataset_dir); regenerate: play data from ogbench's oracles"""
+    dataset: str = ""
+    """file stem, e.g. cube-double-play-v0, or a multi-file release such as cube-triple-play-100m-v0"""
+    dataset_dir: str | None = None
+    """official: folder holding the files (default ~/.ogbench/data); regenerate: cache root"""
+    num_files: int | None = None
+    """multi-file releases: first N files sorted by name (the paper's 10M sets: 10 of the 100M release)"""
+    reward: Literal["default", "sparse"] = "default"
+    """sparse: -1 unless the whole task is solved (scene, puzzle; SPEC §6)"""
+    episodes: int = 100
+    """regenerate: play episodes (1000 transitions each at the official length)"""
+    episode_length: int = 1001
+    seed: int = 0
+    workers: int = 0
+    """regeneration processes (0: all cores)"""
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 50
+    every: int = 0
+    """evaluate every N training steps for the success curve (0: only the prior and the final policy)"""
+    max_steps: int | None = None
+    """episode time limit override (None: the env's, e.g. 500 for cube-double)"""
+    workers: int = 0
+    """evaluation processes (0: all cores; 1: in-process)"""
+    video: bool = False
+    """record one final episode to video.mp4 (MUJOCO_GL=egl; slow on CPU)"""
+
+
+@dataclass
+class Recipe:
+    domain: str
+    """OGBench env prefix: cube-double, scene, antmaze-large, ..."""
+    horizon: int = 5
+    """H: 5 for manipulation, 1 for mazes"""
+    tasks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    seeds: list[int] = field(default_factory=lambda: list(range(8)))
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    kl_budget: float = 0.5
+    """ε for TRQAM and QAM + External KL (offline)"""
+    kl_budget_online: float | None = None
+    """ε from the start of the online phase (antmaze-giant: 3.0); None keeps ε"""
+    qam_tau: float = 1.0
+    """τ for QAM and QAM + External KL (Λ = 1/τ)"""
+    bc_steps: int = 300_000
+    offline_steps: int = 1_000_000
+    online_steps: int = 0
+    """environment steps of the offline-to-online phase (UTD 1); 0: offline only"""
+    threads: int = 1
+    """torch threads of the training process"""
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """widths, critic, batch, flow steps...; method/steps/seed/ε are set per run from the fields above"""
+    paper: dict[str, Any] = field(default_factory=dict)
+    """provenance only: the paper's numbers for this domain (not read by the runner)"""
+
+    def finetune_config(self, method: str, seed: int, output_dir: str) -> FinetuneConfig:
+        """The run's FinetuneConfig: the recipe's with method, seed, steps and the ε schedule filled in."""
+        if method not in METHODS or method == "bc":
+            raise ValueError(f"method {method!r} does not fine-tune; choose one of {METHODS[1:]}")
+        cfg = copy.deepcopy(self.finetune)
+        cfg.method, cfg.seed, cfg.output_dir, cfg.qam_tau = method, seed, output_dir, self.qam_tau  # type: ignore
+        cfg.steps = self.offline_steps + self.online_steps
+        cfg.trust_region.kl_budget = self.kl_budget
+        if self.online_steps and self.kl_budget_online is not None:
+            cfg.trust_region.kl_budget_schedule = [(self.offline_steps, self.kl_budget_online)]
+        return cfg
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    """['finetune.batch_size=32', 'eval.episodes=2'] -> nested dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or a domain name resolved in recipes/ogbench/."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise FileNotFoundError(f"recipe file not found: {p}")
+        return p
+    p = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not p.is_file():
+        known = sorted(f.stem for f in RECIPE_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no recipe {name_or_path!r}; known: {known}")
+    return p
+
+
+def load_recipe(name_or_path: str | Path, profile: str = "cpu-small",
+                overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load a recipe with ``profile``'s overrides (and then ``overrides``) merged over the shared fields."""
+    path = recipe_path(name_or_path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    profiles = raw.pop("profiles", {})
+    if profile not in profiles:
+        raise KeyError(f"{path}: no profile {profile!r}; it has {sorted(profiles)}")
+    merged = _merge(_merge(raw, profiles[profile] or {}), overrides or {})
+    recipe = from_dict(Recipe, merged, where=f"{path}[{profile}]")
+    bad = [m for m in recipe.methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"{path}: unknown methods {bad}; choose from {METHODS}")
+    return recipe
+
+
+def list_recipes() -> list[str]:
+    return sorted(f.stem for f in RECIPE_DIR.glob("*.yaml"))
