@@ -99,6 +99,11 @@ class FlowPolicy(nn.Module):
         """Velocity (B, H*A) at flattened chunk x (B, H*A) and flow time t (B,), SDK convention."""
         raise NotImplementedError
 
+    def same_condition_as(self, other: FlowPolicy) -> bool:
+        """True if ``other.condition(obs)`` always equals ``self.condition(obs)`` (e.g. the same frozen prefix),
+        so a caller may compute it once for both. Conservative default: False."""
+        return False
+
     def velocity_fn(self, cond: Cond) -> Callable[[Tensor, Tensor], Tensor]:
         """Close over a computed condition: the callable the samplers and the adjoint consume."""
         return lambda x, t: self.velocity(cond, x, t)

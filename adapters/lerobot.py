@@ -60,6 +60,8 @@ class LeRobotFlowPolicy(FlowPolicy):
 
     lerobot_type: ClassVar[str] = ""
     expert_modules: ClassVar[tuple[str, ...]] = ()
+    vlm_module: ClassVar[str] = ""
+    """the frozen vision-language model inside ``policy.model`` (shared by deep copies)"""
     """attributes of ``policy.model`` that form the action expert (trainable); everything else is frozen"""
 
     def __init__(self, policy: nn.Module, preprocessor: Any = None, postprocessor: Any = None,
@@ -139,6 +141,30 @@ class LeRobotFlowPolicy(FlowPolicy):
         native = self._denoise(cond, cache, padded, (1.0 - t).to(torch.float32))
         return -native[:, :, :a].reshape(x.shape[0], h * a).to(x.dtype)
 
+    def prefix_parameters(self) -> dict[str, Tensor]:
+        """Every parameter outside the action expert: what ``condition`` depends on (all frozen)."""
+        expert = tuple(f"policy.model.{m}." for m in self.expert_modules)
+        return {n: p for n, p in self.named_parameters() if not n.startswith(expert) and "lora_" not in n}
+
+    def same_condition_as(self, other: FlowPolicy) -> bool:
+        """Same adapter type and bit-identical frozen prefix weights: the prefix KV cache is the same."""
+        if type(other) is not type(self):
+            return False
+        mine, theirs = self.prefix_parameters(), other.prefix_parameters()
+        return mine.keys() == theirs.keys() and all(
+            not p.requires_grad and not theirs[n].requires_grad and torch.equal(p, theirs[n])
+            for n, p in mine.items())
+
+    def __deepcopy__(self, memo: dict) -> LeRobotFlowPolicy:
+        """Copies share the frozen VLM (the agent's v_θ, base and reference would otherwise hold three)."""
+        vlm = self.policy.model.get_submodule(self.vlm_module)
+        if not any(p.requires_grad for p in vlm.parameters()):
+            memo[id(vlm)] = vlm
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
     # -- LoRA ----------------------------------------------------------------------------------------------
     def _add_lora(self, rank: int) -> None:
         """Replace full expert training by rank-``rank`` LoRA on the expert's attention / MLP projections."""
@@ -157,13 +183,12 @@ class LeRobotFlowPolicy(FlowPolicy):
         if not self.lora_rank:
             return self.policy
         merged = copy.deepcopy(self.policy)
-        for module in list(merged.modules()):
+        for name, module in list(merged.named_modules()):
             if hasattr(module, "merge") and hasattr(module, "base_layer"):
-                module.merge()
-        state = {k.replace(".base_layer", ""): v for k, v in merged.state_dict().items() if "lora_" not in k}
-        clean = type(self.policy)(self.policy.config)
-        clean.load_state_dict(state)
-        return clean
+                module.merge()  # W ← W + B A scale, then the LoRA wrapper is replaced by its base layer
+                parent, _, child = name.rpartition(".")
+                setattr(merged.get_submodule(parent), child, module.get_base_layer())
+        return merged
 
     # -- serialisation: lerobot's own checkpoint format ---------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -221,6 +246,8 @@ class LeRobotFlowPolicy(FlowPolicy):
 
 
 class _PiFamily(LeRobotFlowPolicy):
+    vlm_module = "paligemma_with_expert.paligemma"
+
     def _prefix_kv(self, obs: dict[str, Tensor]) -> tuple[Any, Tensor]:
         from lerobot.policies.common.vla_utils import make_att_2d_masks, prepare_attention_masks_4d
 
@@ -269,6 +296,7 @@ class LeRobotSmolVLAPolicy(LeRobotFlowPolicy):
 
     type_name = "lerobot_smolvla"
     lerobot_type = "smolvla"
+    vlm_module = "vlm_with_expert.vlm"
     expert_modules = ("vlm_with_expert.lm_expert", "action_in_proj", "action_out_proj", "action_time_mlp_in",
                       "action_time_mlp_out")
 

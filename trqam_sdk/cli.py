@@ -11,6 +11,8 @@ COMMANDS = {
     "demo": ("trqam_sdk.demo", "BC → TRQAM on regenerated OGBench cube-single, evaluated (the main job)"),
     "train": ("trqam_sdk.train", "fine-tune a policy on a transitions .npz with a YAML config"),
     "bench": ("trqam_sdk.bench", "time one full update: FLOPs, GFLOP/s and GEMM utilisation"),
+    "lerobot-bench": ("trqam_sdk.lerobot_bench", "TRQAM update vs chunk-sampling time, tiny pi0/pi0.5/SmolVLA"),
+    "lerobot-train": ("trqam_sdk.lerobot_train", "TRQAM fine-tune of a LeRobot pi0/pi0.5/SmolVLA on a LeRobotDataset"),
     "robomimic": ("trqam_sdk.robomimic_run", "robomimic lift/can/square: scripted data, recipes, stress test"),
     "data": ("trqam_sdk.ogbench_data", "regenerate OGBench play datasets (all manipulation domains), resumable"),
     "run": ("trqam_sdk.runner", "one (domain, task, method, seed) of an OGBench recipe: BC → offline → online → eval"),

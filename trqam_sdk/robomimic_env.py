@@ -83,10 +83,11 @@ class ObsNormalizer:
     @classmethod
     def fit(cls, obs: np.ndarray, keys: list[str], min_std: float = 1e-3) -> ObsNormalizer:
         """``min_std`` keeps constant dimensions (e.g. an unused quaternion sign) from dividing by ~0."""
+        obs = np.asarray(obs, np.float64)  # float32 sums lose the small spread of e.g. a resting cube's height
         return cls(obs.mean(0).tolist(), np.maximum(obs.std(0), min_std).tolist(), list(keys))
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        return ((obs - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
+        return ((np.asarray(obs, np.float64) - self.mean) / np.asarray(self.std)).astype(np.float32)
 
     def to_json(self) -> str:
         return json.dumps({"mean": self.mean, "std": self.std, "keys": self.keys})

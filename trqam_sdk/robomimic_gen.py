@@ -49,8 +49,10 @@ def env_args_for(task: str) -> dict[str, Any]:
 class WaypointController:
     """Phases of (position target, gripper command) from privileged state; P-control on the OSC delta."""
 
-    def __init__(self, task: str, env: Any, gain: float = 10.0):
-        self.task, self.env, self.gain, self.phase, self.hold = task, env, gain, 0, 0
+    def __init__(self, task: str, env: Any, gain: float = 10.0, phase_timeout: int = 40):
+        """A motion phase ends within ``tol`` of its target or after ``phase_timeout`` steps (e.g. fingers
+        touching the bin floor before the target height); a phase with ``tol = -k`` holds for k steps."""
+        self.task, self.env, self.gain, self.timeout, self.phase, self.hold = task, env, gain, phase_timeout, 0, 0
 
     def _target(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, float, float]:
         """(target position, gripper command, tolerance) for the current phase."""
@@ -62,7 +64,7 @@ class WaypointController:
         else:
             obj = obs["Can_pos"]
             goal = self.env.target_bin_placements[self.env.object_to_id["can"]]
-            plan = [(obj + [0, 0, 0.08], -1.0, 0.01), (obj + [0, 0, 0.0], -1.0, 0.008), (eef, 1.0, -10),
+            plan = [(obj + [0, 0, 0.08], -1.0, 0.01), (obj + [0, 0, 0.008], -1.0, 0.012), (eef, 1.0, -10),
                     (np.r_[eef[:2], goal[2] + 0.2], 1.0, 0.02), (np.r_[goal[:2], goal[2] + 0.2], 1.0, 0.015),
                     (np.r_[goal[:2], goal[2] + 0.1], 1.0, 0.015), (eef, -1.0, -8),
                     (np.r_[goal[:2], goal[2] + 0.25], -1.0, 0.01)]
@@ -72,8 +74,8 @@ class WaypointController:
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         target, grip, tol = self._target(obs)
         err = target - obs["robot0_eef_pos"]
-        done = np.linalg.norm(err) < tol if tol > 0 else self.hold >= -tol
-        self.hold = self.hold + 1 if tol <= 0 else 0
+        self.hold += 1
+        done = (np.linalg.norm(err) < tol or self.hold >= self.timeout) if tol > 0 else self.hold > -tol
         if done:
             self.phase, self.hold = self.phase + 1, 0
         action = np.zeros(7)

@@ -109,6 +109,8 @@ class TRQAMAgent(nn.Module):
         self.actor, self.base, self.critic = actor, base, critic
         self.ref = copy.deepcopy(base).requires_grad_(False)
         self.target_critic = copy.deepcopy(critic).requires_grad_(False)
+        # a VLA whose frozen prefix is shared by v_θ and the reference computes the prefix once for both
+        self.share_condition = actor.same_condition_as(self.ref)
         if cfg.reference == "frozen":
             self.base.requires_grad_(False)
         tr = cfg.trust_region
@@ -151,7 +153,8 @@ class TRQAMAgent(nn.Module):
         v_θ(x_i, t_i) comes from the rollout (``reuse_rollout_velocity``) rather than a second pass."""
         T, B, D = self.cfg.flow_steps, x0.shape[0], self.spec.flat_dim  # obs may be a dict (VLA)
         h = 1.0 / T
-        cond_ft, cond_ref = self.actor.condition(obs), self.ref.condition(obs)
+        cond_ft = self.actor.condition(obs)
+        cond_ref = cond_ft if self.share_condition else self.ref.condition(obs)
         v_ft, v_ref = self.actor.velocity_fn(cond_ft), self.ref.velocity_fn(cond_ref)
 
         ts = time_grid(T, x0.device)
