@@ -170,25 +170,27 @@ def test_agent_computes_prefix_once_per_state_and_trains_the_expert_only(model: 
     agent = tiny_agent(model.fresh())
     batch, noise = contract.tiny_batch(c, agent)
     calls: dict[str, list[int]] = {"actor": [], "ref": [], "base": []}
-    prefix_runs: dict[str, list[int]] = {name: [] for name in calls}
+    vlms = []
     for name, log in calls.items():
         m = getattr(agent, name)
         monkeypatch.setattr(m, "condition", counting(m.condition, log))
-        vlm = m.policy.model.vlm_with_expert.vlm if model.kind == "smolvla" else \
-            m.policy.model.paligemma_with_expert.paligemma
-        vision = next(sub for sub in vlm.modules() if "Vision" in type(sub).__name__)  # the image tower
-        vision.register_forward_pre_hook(lambda mod, args, kw, r=prefix_runs[name]: r.append(
-            first_leaf([*args, *kw.values()]).shape[0]), with_kwargs=True)
+        vlms.append(m.policy.model.get_submodule(m.vlm_module))
+    assert all(v is vlms[0] for v in vlms), "v_θ, base and reference share one frozen VLM"
+    prefix_runs: list[int] = []
+    vision = next(sub for sub in vlms[0].modules() if "Vision" in type(sub).__name__)  # the image tower
+    vision.register_forward_pre_hook(lambda mod, args, kw: prefix_runs.append(
+        first_leaf([*args, *kw.values()]).shape[0]), with_kwargs=True)
     assert agent.share_condition, "v_θ and the reference share the frozen prefix"
     loss, kl, _ = agent(batch, noise)
     # s' for the critic target and s for the actor; the reference reuses the actor's prefix; the frozen
-    # reference means the base (BC) never runs
+    # reference means the base (BC) never runs. The image tower runs only inside those two conditions.
     assert calls == {"actor": [B, B], "ref": [], "base": []}
-    assert prefix_runs["actor"] == [B, B] and prefix_runs["ref"] == [], prefix_runs
+    assert prefix_runs == [B, B], prefix_runs
     monkeypatch.setattr(agent, "share_condition", False)
     with torch.no_grad():
         unshared, kl_unshared, _ = agent(batch, noise)
-    assert calls["ref"] == [B] and torch.equal(unshared, loss.detach()) and torch.equal(kl_unshared, kl)
+    assert calls["ref"] == [B] and prefix_runs == [B] * 5
+    assert torch.equal(unshared, loss.detach()) and torch.equal(kl_unshared, kl)
     loss.backward()
     expert = [n for n, p in agent.actor.named_parameters() if p.requires_grad]
     assert expert and all(any(e.split(".")[-1] in n or e in n for e in ("expert", "action_", "time_mlp", "state_proj"))

@@ -42,7 +42,7 @@ def test_regenerated_loads_through_ogbench(domain: str, buttons: int, tmp_path: 
 def test_sparse_reward_scene(tmp_path: Path) -> None:
     """sparse: -1 unless every subtask is solved; default: ogbench's #solved - #subtasks; same masks."""
     folder = generate_dataset("scene-play-singletask-task1-v0", episodes=1, val_episodes=1, dataset_dir=tmp_path,
-                              workers=1, episode_length=60, progress=False)
+                              workers=1, episode_length=60, episodes_per_shard=1, progress=False)
     _, dense, _ = load_singletask("scene", 1, "scene-play-v0", folder)
     env, sparse, val = load_singletask("scene", 1, "scene-play-v0", folder, reward="sparse")
     env.close()

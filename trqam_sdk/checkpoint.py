@@ -58,6 +58,19 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU tensors for safetensors; tensors that share storage (a frozen VLM shared by v_θ, base and reference)
+    are cloned, since safetensors refuses aliases — every key still loads strictly."""
+    out, seen = {}, set()
+    for k, v in state.items():
+        v = v.detach().cpu().contiguous()
+        ptr = v.untyped_storage().data_ptr() if v.numel() else None
+        out[k] = v.clone() if ptr in seen else v
+        if ptr is not None:
+            seen.add(ptr)
+    return out
+
+
 def save_checkpoint(run_dir: str | Path, step: int, agent: nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any]) -> Path:
     """Write ``checkpoints/step-XXXXXXXX`` atomically and point ``latest.json`` at it."""
@@ -67,8 +80,7 @@ def save_checkpoint(run_dir: str | Path, step: int, agent: nn.Module, optimizer:
     tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in agent.state_dict().items()},
-              str(tmp / "agent.safetensors"))
+    save_file(_unshared(agent.state_dict()), str(tmp / "agent.safetensors"))
     opt_tensors, opt_meta = optimizer_tensors(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps({**state, "step": step, "optimizer": opt_meta}, indent=2))
