@@ -60,9 +60,9 @@ class LeRobotFlowPolicy(FlowPolicy):
 
     lerobot_type: ClassVar[str] = ""
     expert_modules: ClassVar[tuple[str, ...]] = ()
+    """submodules of ``policy.model`` that form the action expert (trainable); everything else is frozen"""
     vlm_module: ClassVar[str] = ""
     """the frozen vision-language model inside ``policy.model`` (shared by deep copies)"""
-    """attributes of ``policy.model`` that form the action expert (trainable); everything else is frozen"""
 
     def __init__(self, policy: nn.Module, preprocessor: Any = None, postprocessor: Any = None,
                  lora_rank: int = 0):
@@ -70,7 +70,7 @@ class LeRobotFlowPolicy(FlowPolicy):
         if getattr(policy, "name", None) != self.lerobot_type:
             raise ValueError(f"{type(self).__name__} wraps lerobot '{self.lerobot_type}' policies, "
                              f"got {getattr(policy, 'name', type(policy).__name__)!r}")
-        self.policy = policy.float()
+        self.policy = policy.float()  # fp32: the VJPs and the finite-difference checks need it
         cfg = policy.config
         self.real_action_dim = int(cfg.output_features["action"].shape[0])
         self.spec = ActionSpec(int(cfg.chunk_size), self.real_action_dim)
