@@ -135,6 +135,8 @@ def test_tiny_recipe_trains_and_evaluates_via_cli(lift_file: tuple[Path, dict], 
         rows = [json.loads(r) for r in (out / m / "seed0" / "metrics.jsonl").read_text().splitlines()]
         assert len(rows) == 3 and all(np.isfinite(r["adj_loss"]) for r in rows)
     assert (out / "stress.png").stat().st_size > 1000
+    saved = ObsNormalizer.from_json((out / "trqam" / "seed0" / "policy" / "obs_normalizer.json").read_text())
+    assert saved.mean == load_robomimic(lift_file[0]).normalizer.mean
     qam = json.loads((out / "qam" / "seed0" / "result.json").read_text())
     assert qam["lam"] == 1.0  # QAM keeps λ fixed; TRQAM's moved
     assert json.loads((out / "trqam" / "seed0" / "result.json").read_text())["lam"] != 1.0

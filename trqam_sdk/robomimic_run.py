@@ -170,6 +170,7 @@ def bc_prior(recipe: RobomimicRecipe, data: Any, seed: int, out: Path, progress:
     pretrain_bc(policy, train, recipe.bc_steps, batch_size=recipe.finetune.batch_size, lr=recipe.finetune.lr,
                 seed=seed, progress=progress)
     policy.save_pretrained(folder)
+    (folder / "obs_normalizer.json").write_text(data.normalizer.to_json())
     return policy
 
 
@@ -201,6 +202,7 @@ def run_method(recipe: RobomimicRecipe, method: str, seed: int, prior: Any, data
 
     final = ft.train(progress=progress, before_step=periodic)
     ft.save_policy(rdir / "policy")
+    (rdir / "policy" / "obs_normalizer.json").write_text(data.normalizer.to_json())  # the policy's input scaling
     ft.end()
     t_train = time.perf_counter() - t0
     res = log_eval(ft.step)
