@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -55,51 +55,65 @@ class EvalConfig:
     """record one final episode to video.mp4 (MUJOCO_GL=egl; slow on CPU)"""
 
 
-@dataclass
-class Recipe:
-    domain: str
-    """OGBench env prefix: cube-double, scene, antmaze-large, ..."""
+@dataclass(kw_only=True)
+class RecipeBase:
+    """What every recipe (OGBench, Robomimic) shares: the method knobs and the FinetuneConfig it derives."""
+
+    ALLOWED_METHODS: ClassVar[tuple[str, ...]] = METHODS
     horizon: int = 5
     """H: 5 for manipulation, 1 for mazes"""
-    tasks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     seeds: list[int] = field(default_factory=lambda: list(range(8)))
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     kl_budget: float = 0.5
     """ε for TRQAM and QAM + External KL (offline)"""
-    kl_budget_online: float | None = None
-    """ε from the start of the online phase (antmaze-giant: 3.0); None keeps ε"""
     qam_tau: float = 1.0
     """τ for QAM and QAM + External KL (Λ = 1/τ)"""
     bc_steps: int = 300_000
     offline_steps: int = 1_000_000
-    online_steps: int = 0
-    """environment steps of the offline-to-online phase (UTD 1); 0: offline only"""
     threads: int = 1
     """torch threads of the training process"""
-    data: DataConfig = field(default_factory=DataConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """widths, critic, batch, flow steps...; method/steps/seed/ε are set per run from the fields above"""
     paper: dict[str, Any] = field(default_factory=dict)
     """provenance only: the paper's numbers for this domain (not read by the runner)"""
 
     def finetune_config(self, method: str, seed: int, output_dir: str) -> FinetuneConfig:
-        """The run's FinetuneConfig: the recipe's with method, seed, steps and the ε schedule filled in."""
-        if method not in METHODS or method == "bc":
-            raise ValueError(f"method {method!r} does not fine-tune; choose one of {METHODS[1:]}")
+        """The run's FinetuneConfig: the recipe's with method, seed, steps and ε filled in."""
+        if method not in self.ALLOWED_METHODS or method == "bc":
+            fine = [m for m in self.ALLOWED_METHODS if m != "bc"]
+            raise ValueError(f"method {method!r} does not fine-tune; choose one of {fine}")
         cfg = copy.deepcopy(self.finetune)
         cfg.method, cfg.seed, cfg.output_dir, cfg.qam_tau = method, seed, output_dir, self.qam_tau  # type: ignore
-        cfg.steps = self.offline_steps + self.online_steps
+        cfg.steps = self.offline_steps
         cfg.trust_region.kl_budget = self.kl_budget
+        return cfg
+
+
+@dataclass(kw_only=True)
+class Recipe(RecipeBase):
+    domain: str
+    """OGBench env prefix: cube-double, scene, antmaze-large, ..."""
+    tasks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    kl_budget_online: float | None = None
+    """ε from the start of the online phase (antmaze-giant: 3.0); None keeps ε"""
+    online_steps: int = 0
+    """environment steps of the offline-to-online phase (UTD 1); 0: offline only"""
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def finetune_config(self, method: str, seed: int, output_dir: str) -> FinetuneConfig:
+        """Offline steps, then the online phase with its ε (a KL-budget schedule entry at the switch)."""
+        cfg = super().finetune_config(method, seed, output_dir)
+        cfg.steps = self.offline_steps + self.online_steps
         if self.online_steps and self.kl_budget_online is not None:
             cfg.trust_region.kl_budget_schedule = [(self.offline_steps, self.kl_budget_online)]
         return cfg
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
 
@@ -132,20 +146,25 @@ def recipe_path(name_or_path: str | Path) -> Path:
     return p
 
 
-def load_recipe(name_or_path: str | Path, profile: str = "cpu-small",
-                overrides: dict[str, Any] | None = None) -> Recipe:
-    """Load a recipe with ``profile``'s overrides (and then ``overrides``) merged over the shared fields."""
-    path = recipe_path(name_or_path)
+def load_profiled[R: RecipeBase](cls: type[R], path: Path, profile: str,
+                                 overrides: dict[str, Any] | None = None) -> R:
+    """Build ``cls`` from a recipe YAML with ``profile``'s overrides (then ``overrides``) merged over it."""
     raw = yaml.safe_load(path.read_text()) or {}
     profiles = raw.pop("profiles", {})
     if profile not in profiles:
         raise KeyError(f"{path}: no profile {profile!r}; it has {sorted(profiles)}")
-    merged = _merge(_merge(raw, profiles[profile] or {}), overrides or {})
-    recipe = from_dict(Recipe, merged, where=f"{path}[{profile}]")
-    bad = [m for m in recipe.methods if m not in METHODS]
+    merged = deep_merge(deep_merge(raw, profiles[profile] or {}), overrides or {})
+    recipe = from_dict(cls, merged, where=f"{path}[{profile}]")
+    bad = [m for m in recipe.methods if m not in cls.ALLOWED_METHODS]
     if bad:
-        raise ValueError(f"{path}: unknown methods {bad}; choose from {METHODS}")
+        raise ValueError(f"{path}: unknown methods {bad}; choose from {cls.ALLOWED_METHODS}")
     return recipe
+
+
+def load_recipe(name_or_path: str | Path, profile: str = "cpu-small",
+                overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load an OGBench recipe (a domain name in recipes/ogbench/ or a YAML path) with a profile."""
+    return load_profiled(Recipe, recipe_path(name_or_path), profile, overrides)
 
 
 def list_recipes() -> list[str]:

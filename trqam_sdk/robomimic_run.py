@@ -19,13 +19,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-import yaml
 
-from trqam_sdk.config import FinetuneConfig, from_dict, to_dict
-from trqam_sdk.recipes import _merge, parse_sets
+from trqam_sdk.config import to_dict
+from trqam_sdk.recipes import RecipeBase, deep_merge, load_profiled, parse_sets
 from trqam_sdk.robomimic_env import LOW_DIM_KEYS
 from trqam_sdk.robomimic_gen import GenerateConfig
 
@@ -55,34 +54,16 @@ class RobomimicEvalConfig:
     """evaluation processes (1: in-process, one env kept for the run)"""
 
 
-@dataclass
-class RobomimicRecipe:
+@dataclass(kw_only=True)
+class RobomimicRecipe(RecipeBase):
+    ALLOWED_METHODS: ClassVar[tuple[str, ...]] = METHODS
     task: str
     """lift, can or square"""
-    horizon: int = 5
-    seeds: list[int] = field(default_factory=lambda: list(range(8)))
     methods: list[str] = field(default_factory=lambda: ["trqam"])
     kl_budget: float = 0.1
     """ε for TRQAM and QAM + External KL"""
-    qam_tau: float = 1.0
-    """τ for QAM (Λ = 1/τ)"""
-    bc_steps: int = 300_000
-    offline_steps: int = 1_000_000
-    threads: int = 1
     data: RobomimicDataConfig = field(default_factory=RobomimicDataConfig)
     eval: RobomimicEvalConfig = field(default_factory=RobomimicEvalConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    paper: dict[str, Any] = field(default_factory=dict)
-    """provenance only (not read by the runner)"""
-
-    def finetune_config(self, method: str, seed: int, output_dir: str) -> FinetuneConfig:
-        if method not in METHODS:
-            raise ValueError(f"method {method!r} is not one of {METHODS}")
-        cfg = copy.deepcopy(self.finetune)
-        cfg.method, cfg.seed, cfg.output_dir, cfg.qam_tau = method, seed, output_dir, self.qam_tau  # type: ignore
-        cfg.steps = self.offline_steps
-        cfg.trust_region.kl_budget = self.kl_budget
-        return cfg
 
 
 def load_recipe(name_or_path: str | Path, profile: str = "cpu-small",
@@ -94,16 +75,7 @@ def load_recipe(name_or_path: str | Path, profile: str = "cpu-small",
     if not p.is_file():
         known = sorted(f.stem for f in RECIPE_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"no robomimic recipe {str(name_or_path)!r} ({p}); known: {known}")
-    raw = yaml.safe_load(p.read_text()) or {}
-    profiles = raw.pop("profiles", {})
-    if profile not in profiles:
-        raise KeyError(f"{p}: no profile {profile!r}; it has {sorted(profiles)}")
-    recipe = from_dict(RobomimicRecipe, _merge(_merge(raw, profiles[profile] or {}), overrides or {}),
-                       where=f"{p}[{profile}]")
-    bad = [m for m in recipe.methods if m not in METHODS]
-    if bad:
-        raise ValueError(f"{p}: unknown methods {bad}; choose from {METHODS}")
-    return recipe
+    return load_profiled(RobomimicRecipe, p, profile, overrides)
 
 
 def dataset_path(recipe: RobomimicRecipe, progress: bool = True) -> tuple[Path, str]:
@@ -288,9 +260,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     overrides = parse_sets(args.sets)
     if args.data:
-        overrides = _merge(overrides, {"data": {"path": args.data}})
+        overrides = deep_merge(overrides, {"data": {"path": args.data}})
     if args.action == "stress":
-        overrides = _merge(stress_overrides(), overrides)
+        overrides = deep_merge(stress_overrides(), overrides)
     recipe = load_recipe(args.recipe, args.profile, overrides)
     out = Path(args.output_dir or f"runs/robomimic/{recipe.task}{'-stress' if args.action == 'stress' else ''}")
     summary = run_recipe(recipe, out, progress=not args.no_progress)
