@@ -24,7 +24,9 @@ from torch import nn
 from adapters.base import check_state_dict
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader (resume, a resuming sweep) never sees half a file."""
+    path = Path(path)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
@@ -88,7 +90,7 @@ def save_checkpoint(run_dir: str | Path, step: int, agent: nn.Module, optimizer:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _atomic_write_text(root / "latest.json", json.dumps({"step": step, "path": final.name}))
+    atomic_write_text(root / "latest.json", json.dumps({"step": step, "path": final.name}))
     return final
 
 

@@ -88,6 +88,26 @@ class RecipeBase:
         cfg.trust_region.kl_budget = self.kl_budget
         return cfg
 
+    def bc_prior(self, train: Any, seed: int, folder: Path, progress: bool = False) -> Any:
+        """The seed's MLP BC prior, trained once and cached as a policy folder: every method of the seed starts
+        from it, so methods are compared from the same policy."""
+        import torch
+
+        from adapters import load_policy
+        from adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
+        from trqam_sdk.finetuner import pretrain_bc
+
+        if (folder / "model.safetensors").is_file():
+            return load_policy(folder)
+        p = self.finetune.policy
+        torch.manual_seed(seed)
+        policy = MLPFlowPolicy(MLPPolicyConfig(train.obs_dim, self.horizon, train.action_dim, p.width, p.depth,
+                                               p.layer_norm))
+        pretrain_bc(policy, train, self.bc_steps, batch_size=self.finetune.batch_size, lr=self.finetune.lr,
+                    seed=seed, progress=progress)
+        policy.save_pretrained(folder)
+        return policy
+
 
 @dataclass(kw_only=True)
 class Recipe(RecipeBase):

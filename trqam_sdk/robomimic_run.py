@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from trqam_sdk.checkpoint import atomic_write_text
 from trqam_sdk.config import to_dict
 from trqam_sdk.recipes import RecipeBase, deep_merge, load_profiled, parse_sets
 from trqam_sdk.robomimic_env import LOW_DIM_KEYS
@@ -101,12 +102,6 @@ def dataset_path(recipe: RobomimicRecipe, progress: bool = True) -> tuple[Path, 
     return path, "scripted"
 
 
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 class Evaluator:
     """Success of a flow policy in the dataset's env, same env seeds for every policy of a seed."""
 
@@ -123,27 +118,6 @@ class Evaluator:
         r = self.recipe
         return evaluate(FlowActor(policy, r.finetune.flow_steps), f"robomimic-{r.task}", episodes or r.eval.episodes,
                         seed=seed, workers=r.eval.workers, env_factory=self.factory)
-
-
-def bc_prior(recipe: RobomimicRecipe, data: Any, seed: int, out: Path, progress: bool) -> Any:
-    """The seed's BC prior (cached as a policy folder; shared by every method of the seed)."""
-    from adapters import load_policy
-    from adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
-    from trqam_sdk.finetuner import pretrain_bc
-
-    folder = out / "bc_prior" / f"seed{seed}"
-    if (folder / "config.json").is_file():
-        return load_policy(folder)
-    train = data.transitions
-    torch.manual_seed(seed)
-    p = recipe.finetune.policy
-    policy = MLPFlowPolicy(MLPPolicyConfig(train.obs_dim, recipe.horizon, train.action_dim, width=p.width,
-                                           depth=p.depth, layer_norm=p.layer_norm))
-    pretrain_bc(policy, train, recipe.bc_steps, batch_size=recipe.finetune.batch_size, lr=recipe.finetune.lr,
-                seed=seed, progress=progress)
-    policy.save_pretrained(folder)
-    (folder / "obs_normalizer.json").write_text(data.normalizer.to_json())
-    return policy
 
 
 def run_method(recipe: RobomimicRecipe, method: str, seed: int, prior: Any, data: Any, evaluator: Evaluator,
@@ -180,7 +154,7 @@ def run_method(recipe: RobomimicRecipe, method: str, seed: int, prior: Any, data
     res = log_eval(ft.step)
     result = {"method": method, "seed": seed, "success": res["success_rate"], "train_seconds": t_train,
               "kl_ema": float(ft.agent.kl_ema), "lam": float(ft.agent.lam), "final_metrics": final}
-    _write_json(rdir / "result.json", result)
+    atomic_write_text(rdir / "result.json", json.dumps(result, indent=2, default=str))
     return result
 
 
@@ -201,7 +175,9 @@ def run_recipe(recipe: RobomimicRecipe, out: str | Path, progress: bool = True) 
     runs: list[dict[str, Any]] = []
     for seed in recipe.seeds:
         t0 = time.perf_counter()
-        prior = bc_prior(recipe, data, seed, out, progress)
+        folder = out / "bc_prior" / f"seed{seed}"
+        prior = recipe.bc_prior(data.transitions, seed, folder, progress)
+        (folder / "obs_normalizer.json").write_text(data.normalizer.to_json())  # the prior's input scaling
         bc = evaluator(prior, seed)
         runs.append({"method": "bc", "seed": seed, "success": bc["success_rate"],
                      "train_seconds": time.perf_counter() - t0})
@@ -218,7 +194,7 @@ def run_recipe(recipe: RobomimicRecipe, out: str | Path, progress: bool = True) 
             runs = [r for r in old["runs"] if r["seed"] not in recipe.seeds] + runs
     summary = {"label": label, "task": recipe.task, "data": str(path), "transitions": n,
                "demos": len(data.demos), "recipe": to_dict(recipe), "runs": runs}
-    _write_json(out / "results.json", summary)
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 

@@ -9,13 +9,13 @@ the run finished, which is how sweeps resume), ``evals.jsonl`` (success over ste
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trqam_sdk.checkpoint import atomic_write_text
 from trqam_sdk.recipes import Recipe
 
 _DATA_CACHE: dict[tuple, tuple[Any, Any]] = {}
@@ -45,33 +45,8 @@ def load_data(recipe: Recipe, task: int) -> tuple[Any, Any]:
     return train, folder
 
 
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def run_dir(out: str | Path, domain: str, task: int, method: str, seed: int) -> Path:
     return Path(out) / domain / f"task{task}" / method / f"seed{seed}"
-
-
-def bc_prior(recipe: Recipe, task: int, seed: int, train: Any, out: Path, progress: bool) -> Any:
-    """The seed's BC prior, trained once and cached as a policy folder."""
-    from adapters import load_policy
-    from adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
-    from trqam_sdk.finetuner import pretrain_bc
-
-    folder = run_dir(out, recipe.domain, task, "bc_prior", seed)
-    if (folder / "model.safetensors").is_file():
-        return load_policy(folder)
-    p = recipe.finetune.policy
-    torch.manual_seed(seed)
-    policy = MLPFlowPolicy(MLPPolicyConfig(train.obs_dim, recipe.horizon, train.action_dim, p.width, p.depth,
-                                           p.layer_norm))
-    pretrain_bc(policy, train, recipe.bc_steps, batch_size=recipe.finetune.batch_size, seed=seed,
-                progress=progress)
-    policy.save_pretrained(folder)
-    return policy
 
 
 def _evaluate(recipe: Recipe, task: int, policy: Any, seed: int, video: Path | None = None) -> dict[str, float]:
@@ -101,7 +76,7 @@ def run_one(recipe: Recipe, task: int, method: str, seed: int, out: str | Path =
     torch.set_num_threads(recipe.threads)
     t0 = time.perf_counter()
     train, folder = load_data(recipe, task)
-    prior = bc_prior(recipe, task, seed, train, out, progress)
+    prior = recipe.bc_prior(train, seed, run_dir(out, recipe.domain, task, "bc_prior", seed), progress)
     rdir.mkdir(parents=True, exist_ok=True)
     evals = rdir / "evals.jsonl"
     evals.unlink(missing_ok=True)
@@ -121,7 +96,7 @@ def run_one(recipe: Recipe, task: int, method: str, seed: int, out: str | Path =
     else:
         result.update(_finetune(recipe, task, method, seed, prior, train, rdir, log_eval, video, progress))
     result["seconds"] = time.perf_counter() - t0
-    _write_json(done, result)
+    atomic_write_text(done, json.dumps(result, indent=2, default=str))
     return result
 
 
