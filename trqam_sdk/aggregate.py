@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from trqam_sdk.checkpoint import read_jsonl
+
 COLUMNS = {"antmaze-large": "al", "antmaze-giant": "ag", "humanoidmaze-medium": "hm", "humanoidmaze-large": "hl",
            "scene": "scene", "puzzle-3x3": "p33", "puzzle-4x4": "p44", "cube-single": "c1", "cube-double": "c2",
            "cube-triple": "c3", "cube-quadruple": "c4"}
@@ -77,15 +79,11 @@ def format_table(tab: dict[str, dict[str, tuple[float, float, int]]]) -> str:
     return "\n".join(lines)
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
-
-
 def kl_table(results: list[dict[str, Any]]) -> str:
     """Realised KL EMA vs ε per (domain, method): second-half mean, second-half max, final (mean ± std)."""
     groups: dict[tuple[str, str], list[tuple[float, float, float, float]]] = defaultdict(list)
     for r in results:
-        rows = _rows(Path(r["dir"]) / "metrics.jsonl")
+        rows = read_jsonl(Path(r["dir"]) / "metrics.jsonl")
         if r["method"] == "bc" or not rows:
             continue
         half = [x for x in rows if x["step"] > rows[-1]["step"] / 2]
@@ -130,12 +128,12 @@ def plot_domain(results: list[dict[str, Any]], domain: str, path: Path) -> Path:
             continue
         color, succ, kl, lam = f"C{i}", [], [], []
         for r in runs:
-            ev = _rows(Path(r["dir"]) / "evals.jsonl")
+            ev = read_jsonl(Path(r["dir"]) / "evals.jsonl")
             pts = ([(0, prior[(r["task"], r["seed"])])] if (r["task"], r["seed"]) in prior else []) + [
                 (e["step"], e["success_rate"]) for e in ev]
             if pts:
                 succ.append((np.array([p[0] for p in pts]), 100 * np.array([p[1] for p in pts])))
-            rows = _rows(Path(r["dir"]) / "metrics.jsonl")
+            rows = read_jsonl(Path(r["dir"]) / "metrics.jsonl")
             if rows:
                 steps = np.array([x["step"] for x in rows])
                 kl.append((steps, np.array([x["kl_ema"] for x in rows])))

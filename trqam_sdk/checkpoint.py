@@ -24,6 +24,15 @@ from torch import nn
 from adapters.base import check_state_dict
 
 
+def read_jsonl(path: str | Path, missing_ok: bool = True) -> list[dict[str, Any]]:
+    """Rows of a run's ``metrics.jsonl`` / ``evals.jsonl`` (blank lines skipped); [] for a missing file when
+    ``missing_ok`` (a run that has not logged yet)."""
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write via a temporary file and rename, so a reader (resume, a resuming sweep) never sees half a file."""
     path = Path(path)

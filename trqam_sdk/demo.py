@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from trqam_sdk.checkpoint import read_jsonl
+
 DEFAULT_TASK = "cube-single-play-singletask-task1-v0"
 
 
@@ -67,7 +69,7 @@ def plot_metrics(metrics_path: Path, out_path: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(r) for r in metrics_path.read_text().splitlines() if r.strip()]
+    rows = read_jsonl(metrics_path, missing_ok=False)
     step = [r["step"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     ax1.plot(step, [r["path_kl"] for r in rows], alpha=0.5, label="path KL D̂ (batch)")

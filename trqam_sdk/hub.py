@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.lerobot import LeRobotFlowPolicy
+from trqam_sdk.checkpoint import read_jsonl
 
 STATE_FILE = "trqam_state.json"
 
@@ -25,12 +26,8 @@ def training_summary(finetuner: Any, results: dict[str, Any] | None = None,
     from trqam_sdk.config import to_dict
 
     cfg, agent = finetuner.cfg, finetuner.agent
-    curve = []
-    log = Path(cfg.output_dir) / "metrics.jsonl"
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            row = json.loads(line)
-            curve.append({k: row[k] for k in ("step", "path_kl", "kl_ema", "lam") if k in row})
+    curve = [{k: row[k] for k in ("step", "path_kl", "kl_ema", "lam") if k in row}
+             for row in read_jsonl(Path(cfg.output_dir) / "metrics.jsonl")]
     return {"base_model": base_model, "method": cfg.method, "kl_budget": cfg.trust_region.kl_budget,
             "final_lambda": float(agent.lam), "final_kl_ema": float(agent.kl_ema), "steps": finetuner.step,
             "kl_curve": curve, "results": results or {}, "config": to_dict(cfg)}

@@ -7,10 +7,11 @@ QAM's loss grows by orders of magnitude while TRQAM's stays bounded.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from trqam_sdk.checkpoint import read_jsonl
 
 STRESS_METHODS = ["qam", "trqam"]
 
@@ -20,17 +21,14 @@ def stress_overrides() -> dict[str, Any]:
     return {"methods": list(STRESS_METHODS)}
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(r) for r in path.read_text().splitlines() if r.strip()] if path.is_file() else []
-
-
 def load_runs(out: str | Path) -> dict[tuple[str, int], dict[str, list[dict[str, Any]]]]:
     """{(method, seed): {"metrics": rows, "evals": rows}} for every finished or running method/seed folder."""
     out = Path(out)
     runs = {}
     for method in STRESS_METHODS:
         for d in sorted((out / method).glob("seed*")):
-            runs[(method, int(d.name[4:]))] = {"metrics": _rows(d / "metrics.jsonl"), "evals": _rows(d / "evals.jsonl")}
+            runs[(method, int(d.name[4:]))] = {"metrics": read_jsonl(d / "metrics.jsonl"),
+                                               "evals": read_jsonl(d / "evals.jsonl")}
     return runs
 
 
