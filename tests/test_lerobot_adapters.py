@@ -298,3 +298,17 @@ def test_lerobot_data_errors_name_the_problem(root: Path) -> None:
     assert len(ok) == 3 and ok.terminals.tolist() == [0.0, 0.0, 1.0] and isinstance(ok.observations, dict)
     with pytest.raises(TypeError, match="obs_dim"):
         _ = ok.obs_dim
+
+
+def test_lerobot_bench_times_the_full_update_with_a_consistent_breakdown() -> None:
+    """`trqam lerobot-bench`: every timed part is non-negative (a timer counted twice would drive the residual
+    entries negative) and the parts add up to the measured update."""
+    from trqam_sdk.lerobot_bench import bench_kind
+
+    r = bench_kind("smolvla", batch=2, flow_steps=3, chunk=4, image=32, repeats=2)
+    parts = r["breakdown_ms"]
+    assert {"prefix", "sde_rollout", "adjoint_vjps", "critic_target_ode", "critic_nets", "optimizer",
+            "backward_clip_targets_dual"} <= set(parts)
+    assert all(v >= 0 for v in parts.values()), parts
+    assert r["ratio"] == pytest.approx(r["update_ms"] / r["sample_ms"], rel=0.01)
+    assert sum(parts.values()) == pytest.approx(r["update_ms"], rel=0.5)  # mean vs median of 2 repeats

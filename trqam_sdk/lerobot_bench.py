@@ -4,7 +4,8 @@ Both are timed in the same process on one thread (median of repeats); the ratio 
 machines. The update is broken down by wrapping the agent's pieces with timers: the prefix (every
 ``condition``), the critic's target ODE sample at s', the controlled SDE rollout (v_θ with graph), the lean
 adjoint's VJPs through the reference, the critic networks (TD loss and ∇_a Q), the backward pass and the
-optimiser step; "other" is the rest of the forward (reference velocities on the trajectory, the losses).
+optimiser step; "other" is the rest of the forward (reference velocities on the trajectory, the losses), and
+the backward entry is the rest of the update (backward, grad clip, EMA targets, dual step).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def bench_kind(kind: str, batch: int, flow_steps: int, chunk: int, image: int, r
     from adapters.lerobot import LEROBOT_ADAPTERS
     from adapters.tiny_lerobot import IMAGE_KEY, build_tiny_lerobot
     from trqam_sdk import trqam as trqam_mod
+    from trqam_sdk.bench import Problem, train_step
     from trqam_sdk.config import CriticConfig, FinetuneConfig
     from trqam_sdk.encoders import vla_critic
     from trqam_sdk.trqam import TRQAMAgent
@@ -66,12 +68,15 @@ def bench_kind(kind: str, batch: int, flow_steps: int, chunk: int, image: int, r
     cfg = FinetuneConfig(flow_steps=flow_steps, batch_size=batch, reference="frozen",
                          critic=CriticConfig(num_critics=2, width=128, depth=2))
     agent = TRQAMAgent(copy.deepcopy(adapter), copy.deepcopy(adapter), vla_critic(adapter, 2, 128, 2), cfg)
-    opt = torch.optim.Adam([p for p in agent.parameters() if p.requires_grad], lr=1e-4)
+    params = [p for p in agent.parameters() if p.requires_grad]
     h, a = adapter.spec.horizon, adapter.spec.action_dim
     batch_data = {"observations": obs(), "next_observations": obs(),
                   "actions": torch.rand(batch, h, a, generator=g) * 2 - 1, "rewards": torch.randn(batch, h),
                   "masks": torch.ones(batch), "valid": torch.ones(batch), "valid_steps": torch.ones(batch, h)}
-    noise = {k: torch.randn(s, generator=g) for k, s in agent.noise_shapes(batch).items()}
+    noise = {k: torch.randn(s, generator=g) for k, s in agent.noise_shapes(batch).items() if k != "bc_t"}
+    noise["bc_t"] = torch.rand(batch, generator=g)  # BC flow times in [0, 1]
+    # the update timed is bench.train_step, the same full update (clip, Adam, EMA targets, dual) as `trqam bench`
+    problem = Problem(agent, torch.optim.Adam(params, lr=1e-4), params, batch_data, noise, cfg)
 
     def sample() -> None:
         agent.act(batch_data["observations"], torch.Generator().manual_seed(1))
@@ -83,18 +88,10 @@ def bench_kind(kind: str, batch: int, flow_steps: int, chunk: int, image: int, r
               "lean_adjoint": "adjoint_vjps", "terminal_adjoint": "critic_nets"}
 
     def update() -> None:
-        t0 = time.perf_counter()
-        loss, _, _ = agent(batch_data, noise)
-        parts["forward"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        parts["backward"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        opt.step()
-        agent.update_targets()
-        parts["optimizer"] += time.perf_counter() - t0
+        train_step(problem)
 
+    agent.forward = _timed(agent.forward, parts, "forward")
+    problem.optimizer.step = _timed(problem.optimizer.step, parts, "optimizer")
     for name, fn in originals.items():
         setattr(trqam_mod, name, _timed(fn, parts, labels[name]))
     for model in (agent.actor, agent.ref, agent.base):
@@ -116,8 +113,9 @@ def bench_kind(kind: str, batch: int, flow_steps: int, chunk: int, image: int, r
         for name, fn in originals.items():
             setattr(trqam_mod, name, fn)
     breakdown = {k: 1e3 * v / repeats for k, v in parts.items()}
-    fwd = breakdown.pop("forward")
-    breakdown["other_forward"] = fwd - sum(v for k, v in breakdown.items() if k not in ("backward", "optimizer"))
+    fwd, opt_ms = breakdown.pop("forward"), breakdown["optimizer"]
+    breakdown["other_forward"] = fwd - sum(v for k, v in breakdown.items() if k != "optimizer")
+    breakdown["backward_clip_targets_dual"] = statistics.fmean(update_ms) - fwd - opt_ms
     s, u = statistics.median(sample_ms), statistics.median(update_ms)
     return {"kind": kind, "sample_ms": round(s, 2), "update_ms": round(u, 2), "ratio": round(u / s, 2),
             "breakdown_ms": {k: round(v, 2) for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])},
