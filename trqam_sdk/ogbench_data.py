@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trqam_sdk.ogbench_official import REQUIRED_KEYS, to_transitions
+
 if TYPE_CHECKING:
     from trqam_sdk.data import Transitions
 
 DEFAULT_CACHE = Path(os.environ.get("TRQAM_CACHE", "~/.cache/trqam")).expanduser() / "ogbench"
-DATA_KEYS = ("observations", "actions", "terminals", "qpos", "qvel", "button_states")
+DATA_KEYS = (*REQUIRED_KEYS, "button_states")
 """keys of an official OGBench npz file (``button_states`` only for scene/puzzle)"""
 EPISODE_LENGTH = 1001
 """rows per play episode, as OGBench's play datasets (1000 transitions after the loader drops the last)"""
@@ -128,8 +130,7 @@ def collect_episodes(
         oracles = {}
     else:
         raise ValueError(f"policy must be 'oracle' or 'random', got {policy!r}")
-    keys = ("observations", "actions", "terminals", "qpos", "qvel", "button_states")
-    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in DATA_KEYS}
     clipped = 0
     for ep in range(episodes):
         ob, info = env.reset(seed=seed * 10_007 + ep)
@@ -270,22 +271,6 @@ def generate_dataset(
         os.replace(tmp, target)
     (out_dir / "info.json").write_text(json.dumps(stats, indent=2))
     return out_dir
-
-
-def to_transitions(ds: dict[str, np.ndarray]) -> Transitions:
-    """ogbench's regular (non-compact) singletask dataset -> :class:`Transitions`.
-
-    ogbench gives ``terminals`` = 1 on each episode's last transition, ``rewards`` and ``masks`` =
-    1 - success from its singletask relabelling, and ``next_observations``; we keep them as they are.
-    """
-    from trqam_sdk.data import Transitions
-
-    missing = [k for k in ("rewards", "masks", "next_observations") if k not in ds]
-    if missing:
-        raise KeyError(f"not a singletask, non-compact ogbench dataset: lacks {missing}")
-    return Transitions.from_numpy(
-        {k: ds[k] for k in ("observations", "actions", "rewards", "masks", "terminals", "next_observations")}
-    )
 
 
 def load_ogbench(task: str, dataset_dir: str | Path) -> tuple[Any, Transitions, Transitions]:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 OGBENCH_CACHE = Path("~/.ogbench/data").expanduser()
 REQUIRED_KEYS = ("observations", "actions", "terminals", "qpos", "qvel")
+"""keys every official OGBench npz holds (scene/puzzle add ``button_states``)"""
 Reward = Literal["default", "sparse"]
 
 
@@ -99,7 +100,6 @@ def load_singletask(domain: str, task: int, dataset: str, dataset_dir: str | Pat
     import gymnasium
     import ogbench  # noqa: F401  (registers the envs)
 
-    from trqam_sdk.ogbench_data import to_transitions
 
     train_files, val_files = official_files(dataset, dataset_dir, num_files)
     name = eval_env_name(domain, task)
@@ -107,6 +107,22 @@ def load_singletask(domain: str, task: int, dataset: str, dataset_dir: str | Pat
     train = to_transitions(relabel(_load_files(train_files), env, name, reward))
     val = to_transitions(relabel(_load_files(val_files[:1]), env, name, reward)) if val_files else None
     return env, train, val
+
+
+def to_transitions(ds: dict[str, np.ndarray]) -> Transitions:
+    """ogbench's regular (non-compact) singletask dataset -> :class:`Transitions`.
+
+    ogbench gives ``terminals`` = 1 on each episode's last transition, ``rewards`` and ``masks`` =
+    1 - success from its singletask relabelling, and ``next_observations``; we keep them as they are.
+    """
+    from trqam_sdk.data import Transitions
+
+    missing = [k for k in ("rewards", "masks", "next_observations") if k not in ds]
+    if missing:
+        raise KeyError(f"not a singletask, non-compact ogbench dataset: lacks {missing}")
+    return Transitions.from_numpy(
+        {k: ds[k] for k in ("observations", "actions", "rewards", "masks", "terminals", "next_observations")}
+    )
 
 
 def write_official(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
