@@ -111,7 +111,7 @@ class FlowPolicy(nn.Module):
     @torch.no_grad()
     def sample(self, obs: Tensor, flow_steps: int = 10, generator: torch.Generator | None = None) -> Tensor:
         """Act: Euler ODE sample from N(0, I) at t = 0 to t = 1, clipped to the box, as (B, H, A) chunks."""
-        from trqam_sdk.flow import sample_ode
+        from trqam_sdk.core.flow import sample_ode
 
         cond = self.condition(obs)
         first = first_leaf(obs)  # observations may be a dict (a VLA's images, tokens, state)
@@ -168,7 +168,7 @@ def load_policy(path_or_repo: str | Path, revision: str | None = None) -> FlowPo
             raise FileNotFoundError(f"{path} has no {name}: not a trqam-sdk policy folder")
     meta = json.loads((path / "config.json").read_text())
     if "adapter" not in meta and "type" in meta:  # a LeRobot checkpoint (pi0, pi05, smolvla)
-        from adapters.lerobot import from_pretrained
+        from trqam_sdk.adapters.lerobot import from_pretrained
 
         return from_pretrained(path)
     kind = meta.get("adapter")

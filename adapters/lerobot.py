@@ -27,8 +27,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from adapters.base import ActionSpec, FlowPolicy, check_state_dict
+from trqam_sdk.adapters.base import ActionSpec, FlowPolicy, check_state_dict
 
 TOKENS, TOKEN_MASK, STATE = "observation.language.tokens", "observation.language.attention_mask", "observation.state"
 PROCESSOR_FILES = ("policy_preprocessor.json", "policy_postprocessor.json")

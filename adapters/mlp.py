@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from trqam_sdk.adapters.base import ActionSpec, FlowPolicy
 
-from adapters.base import ActionSpec, FlowPolicy
-from trqam_sdk.networks import MLP
+from trqam_sdk.networks.mlp import MLP
 
 
 @dataclass

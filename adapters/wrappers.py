@@ -6,8 +6,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-from adapters.base import ADAPTERS, Cond, FlowPolicy
+from trqam_sdk.adapters.base import ADAPTERS, Cond, FlowPolicy
 
 
 def _inner_meta(policy: FlowPolicy) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from trqam_sdk.adapters.lerobot import LEROBOT_ADAPTERS, LeRobotFlowPolicy
 
-from adapters.lerobot import LEROBOT_ADAPTERS, LeRobotFlowPolicy
-from adapters.tiny_lerobot import IMAGE_KEY, build_tiny_lerobot
+from trqam_sdk.testing.tiny_lerobot import IMAGE_KEY, build_tiny_lerobot
 
 KINDS = ["pi0", "pi05", "smolvla"]
 STATE_DIM, ACTION_DIM, CHUNK, IMAGE = 4, 3, 8, 32

@@ -26,26 +26,25 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-
-from adapters import (
+from trqam_sdk.adapters import (
     ADAPTERS,
     ActionSpec,
     FlowPolicy,
     MLPFlowPolicy,
     MLPPolicyConfig,
-    PrefixTransformerConfig,
-    PrefixTransformerPolicy,
     ResidualPolicy,
     ReversedTimePolicy,
     load_policy,
     repeat_condition,
     tree_map,
 )
+
 from trqam_sdk.config import CriticConfig, FinetuneConfig, PolicyConfig
-from trqam_sdk.flow import sample_ode, velocity_vjp
-from trqam_sdk.networks import QEnsemble
-from trqam_sdk.objectives import flow_matching_loss
-from trqam_sdk.trqam import TRQAMAgent
+from trqam_sdk.core.flow import sample_ode, velocity_vjp
+from trqam_sdk.core.losses import flow_matching_loss
+from trqam_sdk.methods.trqam import TRQAMAgent
+from trqam_sdk.networks.mlp import QEnsemble
+from trqam_sdk.testing.prefix_transformer import PrefixTransformerConfig, PrefixTransformerPolicy
 
 OBS, H, A = 5, 3, 2
 D = H * A

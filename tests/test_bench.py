@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from trqam_sdk import bench, cli
-from trqam_sdk.bench import CONFIGS, BenchConfig, analytic_flops, build_problem, counted_flops, train_step
-from trqam_sdk.trqam import TRQAMAgent
+from trqam_sdk import cli
+from trqam_sdk.methods.trqam import TRQAMAgent
+from trqam_sdk.profiling import bench
+from trqam_sdk.profiling.bench import CONFIGS, BenchConfig, analytic_flops, build_problem, counted_flops, train_step
 
 
 def test_bench_json_keys(capsys: pytest.CaptureFixture[str]) -> None:

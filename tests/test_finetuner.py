@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from trqam_sdk.adapters import MLPFlowPolicy, MLPPolicyConfig, load_policy
 
-from adapters import MLPFlowPolicy, MLPPolicyConfig, load_policy
-from trqam_sdk.checkpoint import latest_checkpoint, load_checkpoint
 from trqam_sdk.config import CriticConfig, FinetuneConfig, PolicyConfig, TrustRegionConfig
-from trqam_sdk.data import Transitions
-from trqam_sdk.finetuner import Finetuner, pretrain_bc
-from trqam_sdk.toy import random_episodes
+from trqam_sdk.data.transitions import Transitions
+from trqam_sdk.testing.toy import random_episodes
+from trqam_sdk.training.checkpoint import latest_checkpoint, load_checkpoint
+from trqam_sdk.training.finetuner import Finetuner, pretrain_bc
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

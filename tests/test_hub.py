@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import torch
 from lerobot_tiny import KINDS, Tiny, tiny
+from trqam_sdk.adapters import load_policy
+from trqam_sdk.adapters.lerobot import LEROBOT_ADAPTERS, from_pretrained
 
-from adapters import load_policy
-from adapters.lerobot import LEROBOT_ADAPTERS, from_pretrained
-from adapters.tiny_lerobot import tiny_pi_architecture
-from trqam_sdk import hub
+from trqam_sdk.integrations.lerobot import hub
+from trqam_sdk.testing.tiny_lerobot import tiny_pi_architecture
 
 B = 3
 
@@ -146,9 +146,9 @@ def test_training_summary_and_card_from_a_real_run(hub_calls: dict[str, Any], tm
     from accelerate.state import AcceleratorState
 
     from trqam_sdk.config import CriticConfig, FinetuneConfig
-    from trqam_sdk.data import Transitions
-    from trqam_sdk.encoders import vla_critic
-    from trqam_sdk.finetuner import Finetuner
+    from trqam_sdk.data.transitions import Transitions
+    from trqam_sdk.networks.encoders import vla_critic
+    from trqam_sdk.training.finetuner import Finetuner
 
     m = tiny("smolvla", tmp_path_factory.getbasetemp() / "lerobot-tiny")
     AcceleratorState._reset_state(reset_partial_state=True)

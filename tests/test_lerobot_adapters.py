@@ -20,15 +20,15 @@ import test_adapters as contract
 import torch
 import torch.nn.functional as F
 from lerobot_tiny import ACTION_DIM, CHUNK, KINDS, STATE_DIM, Tiny, tiny
+from trqam_sdk.adapters import ActionSpec, ReversedTimePolicy
+from trqam_sdk.adapters.base import first_leaf
 
-from adapters import ActionSpec, ReversedTimePolicy
-from adapters.base import first_leaf
-from adapters.tiny_lerobot import IMAGE_KEY
 from trqam_sdk.config import CriticConfig, FinetuneConfig, TrustRegionConfig
-from trqam_sdk.encoders import vla_critic
-from trqam_sdk.finetuner import Finetuner
-from trqam_sdk.lerobot_data import lerobot_transitions, write_synthetic_dataset
-from trqam_sdk.trqam import TRQAMAgent
+from trqam_sdk.integrations.lerobot.data import lerobot_transitions, write_synthetic_dataset
+from trqam_sdk.methods.trqam import TRQAMAgent
+from trqam_sdk.networks.encoders import vla_critic
+from trqam_sdk.testing.tiny_lerobot import IMAGE_KEY
+from trqam_sdk.training.finetuner import Finetuner
 
 B = contract.B
 BIN = Path(sys.executable).parent
@@ -197,8 +197,9 @@ def test_agent_computes_prefix_once_per_state_and_trains_the_expert_only(model: 
 
 
 def test_lora_trains_adapters_only_and_merges_into_a_lerobot_checkpoint(model: Tiny, tmp_path: Path) -> None:
-    from adapters.lerobot import LEROBOT_ADAPTERS
-    from adapters.tiny_lerobot import tiny_pi_architecture
+    from trqam_sdk.adapters.lerobot import LEROBOT_ADAPTERS
+
+    from trqam_sdk.testing.tiny_lerobot import tiny_pi_architecture
 
     with tiny_pi_architecture():
         lora = LEROBOT_ADAPTERS[model.kind].from_pretrained(model.checkpoint, lora_rank=2)
@@ -264,8 +265,9 @@ def test_finetune_on_lerobot_dataset_moves_the_policy(model: Tiny, dataset_root:
 
 def test_two_process_torchrun_finetune(model: Tiny, dataset_root: Path, tmp_path: Path) -> None:
     """`trqam lerobot-train` under torchrun with 2 processes: runs, writes a lerobot checkpoint that loads."""
-    from adapters.lerobot import from_pretrained
-    from adapters.tiny_lerobot import tiny_pi_architecture
+    from trqam_sdk.adapters.lerobot import from_pretrained
+
+    from trqam_sdk.testing.tiny_lerobot import tiny_pi_architecture
 
     port = 29540 + KINDS.index(model.kind)
     cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(port), "-m", "trqam_sdk.cli",
@@ -303,7 +305,7 @@ def test_lerobot_data_errors_name_the_problem(root: Path) -> None:
 def test_lerobot_bench_times_the_full_update_with_a_consistent_breakdown() -> None:
     """`trqam lerobot-bench`: every timed part is non-negative (a timer counted twice would drive the residual
     entries negative) and the parts add up to the measured update."""
-    from trqam_sdk.lerobot_bench import bench_kind
+    from trqam_sdk.profiling.lerobot_bench import bench_kind
 
     r = bench_kind("smolvla", batch=2, flow_steps=3, chunk=4, image=32, repeats=2)
     parts = r["breakdown_ms"]

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from torch import Tensor, nn
+from trqam_sdk.adapters import MLPFlowPolicy, MLPPolicyConfig, ResidualPolicy
 
-from adapters import MLPFlowPolicy, MLPPolicyConfig, ResidualPolicy
 from trqam_sdk.config import CriticConfig, FinetuneConfig, PolicyConfig, TrustRegionConfig
-from trqam_sdk.dual import DualState, budget_at, dual_update
-from trqam_sdk.flow import (
+from trqam_sdk.core.dual import DualState, budget_at, dual_update
+from trqam_sdk.core.flow import (
     lean_adjoint,
     memoryless_g,
     ode_step,
@@ -27,8 +27,7 @@ from trqam_sdk.flow import (
     sde_step,
     time_grid,
 )
-from trqam_sdk.networks import QEnsemble
-from trqam_sdk.objectives import (
+from trqam_sdk.core.losses import (
     adjoint_matching_loss,
     chunk_return,
     critic_loss,
@@ -37,7 +36,8 @@ from trqam_sdk.objectives import (
     pessimistic_value,
     td_target,
 )
-from trqam_sdk.trqam import QAM, Method, QAMExternalKL, TRQAMAgent, make_method, terminal_adjoint
+from trqam_sdk.methods.trqam import QAM, Method, QAMExternalKL, TRQAMAgent, make_method, terminal_adjoint
+from trqam_sdk.networks.mlp import QEnsemble
 
 # -- flow.py ----------------------------------------------------------------------------------------------
 
@@ -467,9 +467,9 @@ def test_agent_dual_step_freezes_lambda_for_qam(method: str, moves: bool) -> Non
 def test_finetuner_applies_dual_after_the_gradient_step(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Step k's loss uses λ_{k-1}; the dual runs after optimizer.step with this step's D̂ (SPEC §3.7)."""
-    from trqam_sdk.data import Transitions
-    from trqam_sdk.finetuner import Finetuner
-    from trqam_sdk.toy import random_episodes
+    from trqam_sdk.data.transitions import Transitions
+    from trqam_sdk.testing.toy import random_episodes
+    from trqam_sdk.training.finetuner import Finetuner
 
     data = Transitions.from_numpy(random_episodes(num_episodes=2, length=12))
     torch.manual_seed(0)

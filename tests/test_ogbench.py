@@ -10,9 +10,9 @@ import torch
 
 pytest.importorskip("ogbench")
 
-from trqam_sdk.data import ChunkSampler, Transitions  # noqa: E402
-from trqam_sdk.evaluation import evaluate  # noqa: E402
-from trqam_sdk.ogbench_data import generate_dataset, load_ogbench, split_task_name  # noqa: E402
+from trqam_sdk.benchmarks.ogbench.generate import generate_dataset, load_ogbench, split_task_name  # noqa: E402
+from trqam_sdk.data.transitions import ChunkSampler, Transitions  # noqa: E402
+from trqam_sdk.rollout.evaluation import evaluate  # noqa: E402
 
 TASK = "cube-single-play-singletask-task1-v0"
 LENGTH = 40  # rows per regenerated episode (OGBench uses 1001; short keeps the test fast)

@@ -12,10 +12,10 @@ import torch
 pytest.importorskip("ogbench")
 
 from trqam_sdk import cli  # noqa: E402
-from trqam_sdk.data import Transitions  # noqa: E402
-from trqam_sdk.ogbench_data import collect_episodes, generate_dataset  # noqa: E402
-from trqam_sdk.ogbench_official import load_singletask, official_files, write_official  # noqa: E402
-from trqam_sdk.replay import OnlineCollector, ReplayBuffer  # noqa: E402
+from trqam_sdk.benchmarks.ogbench.generate import collect_episodes, generate_dataset  # noqa: E402
+from trqam_sdk.benchmarks.ogbench.official import load_singletask, official_files, write_official  # noqa: E402
+from trqam_sdk.data.replay import OnlineCollector, ReplayBuffer  # noqa: E402
+from trqam_sdk.data.transitions import Transitions  # noqa: E402
 
 LENGTH = 25
 
@@ -135,7 +135,7 @@ def test_online_collector_uniform_mixing_and_open_loop() -> None:
     import gymnasium
     import ogbench  # noqa: F401
 
-    from trqam_sdk.finetuner import step_generator
+    from trqam_sdk.training.finetuner import step_generator
 
     env = gymnasium.make("cube-single-singletask-task1-v0", max_episode_steps=7)
     calls = []
@@ -176,7 +176,7 @@ def test_video_egl(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    code = ("import torch\nfrom trqam_sdk.video import record_episode\n"
+    code = ("import torch\nfrom trqam_sdk.rollout.video import record_episode\n"
             f"record_episode(lambda o: torch.zeros(1, 5, 5), 'cube-single-singletask-task1-v0', r'{tmp_path}/v.mp4', "
             "0, {'max_episode_steps': 3})\n")
     env = dict(os.environ, MUJOCO_GL="egl", OMP_NUM_THREADS="1")

@@ -11,10 +11,10 @@ import pytest
 pytest.importorskip("ogbench")
 
 from trqam_sdk import cli  # noqa: E402
-from trqam_sdk.aggregate import format_table, load_results, plot_domain, table  # noqa: E402
-from trqam_sdk.ogbench_data import generate_dataset  # noqa: E402
-from trqam_sdk.recipes import list_recipes, load_recipe, parse_sets  # noqa: E402
-from trqam_sdk.runner import run_one  # noqa: E402
+from trqam_sdk.benchmarks.aggregate import format_table, load_results, plot_domain, table  # noqa: E402
+from trqam_sdk.benchmarks.ogbench.generate import generate_dataset  # noqa: E402
+from trqam_sdk.benchmarks.ogbench.runner import run_one  # noqa: E402
+from trqam_sdk.benchmarks.recipes import list_recipes, load_recipe, parse_sets  # noqa: E402
 
 PAPER_DOMAINS = ["cube-double", "cube-triple", "cube-quadruple", "scene", "puzzle-3x3", "puzzle-4x4",
                  "antmaze-large", "antmaze-giant", "humanoidmaze-medium", "humanoidmaze-large"]

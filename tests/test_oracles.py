@@ -19,12 +19,12 @@ import pytest
 import torch
 from torch import Tensor
 from torch.distributions import MultivariateNormal, kl_divergence
+from trqam_sdk.adapters import ActionSpec, FlowPolicy, MLPFlowPolicy, MLPPolicyConfig, ResidualPolicy
 
-from adapters import ActionSpec, FlowPolicy, MLPFlowPolicy, MLPPolicyConfig, ResidualPolicy
-from trqam_sdk.dual import DualState, dual_update
-from trqam_sdk.flow import lean_adjoint, memoryless_g, sample_memoryless, sample_ode, time_grid
-from trqam_sdk.objectives import adjoint_matching_loss, path_kl
-from trqam_sdk.trqam import Method
+from trqam_sdk.core.dual import DualState, dual_update
+from trqam_sdk.core.flow import lean_adjoint, memoryless_g, sample_memoryless, sample_ode, time_grid
+from trqam_sdk.core.losses import adjoint_matching_loss, path_kl
+from trqam_sdk.methods.trqam import Method
 
 MU0 = torch.tensor([0.2, -0.1])
 SIGMA0 = torch.tensor([[0.3, -0.1], [-0.1, 0.4]])

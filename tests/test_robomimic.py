@@ -12,15 +12,15 @@ import pytest
 
 pytest.importorskip("robosuite")
 
-from trqam_sdk.robomimic_data import load_robomimic  # noqa: E402
-from trqam_sdk.robomimic_env import (  # noqa: E402
+from trqam_sdk.benchmarks.robomimic.data import load_robomimic  # noqa: E402
+from trqam_sdk.benchmarks.robomimic.env import (  # noqa: E402
     LOW_DIM_KEYS,
     ObsNormalizer,
     RobomimicEnv,
     convert_controller_config,
 )
-from trqam_sdk.robomimic_gen import OLD_OSC_POSE, GenerateConfig, generate  # noqa: E402
-from trqam_sdk.robomimic_run import load_recipe  # noqa: E402
+from trqam_sdk.benchmarks.robomimic.generate import OLD_OSC_POSE, GenerateConfig, generate  # noqa: E402
+from trqam_sdk.benchmarks.robomimic.run import load_recipe  # noqa: E402
 
 
 @pytest.fixture(scope="module")

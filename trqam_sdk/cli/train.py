@@ -1,0 +1,63 @@
+"""`trqam train`: fine-tune a saved policy on a transitions file with a YAML config (1 or N processes).
+
+Multi-process on CPU: ``torchrun --nproc_per_node 2 -m trqam_sdk.cli train ...`` (gloo); on GPUs
+``accelerate launch -m trqam_sdk.cli train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from trqam_sdk.adapters.base import load_policy
+from trqam_sdk.adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
+from trqam_sdk.config import FinetuneConfig, from_dict, load_yaml, to_dict
+from trqam_sdk.data.transitions import Transitions
+from trqam_sdk.training.finetuner import Finetuner, pretrain_bc
+
+
+def load_transitions(path: str | Path) -> Transitions:
+    """A ``.npz`` with observations, actions, rewards, masks, terminals, next_observations (flat, N rows)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"transitions file not found: {path}")
+    with np.load(path, allow_pickle=False) as f:
+        return Transitions.from_numpy(dict(f))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML with FinetuneConfig fields")
+    p.add_argument("--data", required=True, help="transitions .npz")
+    p.add_argument("--policy", help="pretrained policy folder or Hub repo id (default: BC-pretrain an MLP)")
+    p.add_argument("--horizon", type=int, default=5, help="chunk length H when pretraining a new MLP prior")
+    p.add_argument("--bc-steps", type=int, default=1000)
+    p.add_argument("--output-dir", help="overrides the config's output_dir")
+    p.add_argument("--steps", type=int, help="overrides the config's steps")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_yaml(FinetuneConfig, args.config) if args.config else FinetuneConfig()
+    overrides = {k: v for k, v in {"output_dir": args.output_dir, "steps": args.steps}.items() if v is not None}
+    cfg = from_dict(FinetuneConfig, {**to_dict(cfg), **overrides})
+    data = load_transitions(args.data)
+    if args.policy:
+        policy = load_policy(args.policy)
+    else:
+        pc = cfg.policy
+        policy = MLPFlowPolicy(MLPPolicyConfig(data.obs_dim, args.horizon, data.action_dim, pc.width, pc.depth,
+                                               pc.layer_norm))
+        policy = pretrain_bc(policy, data, args.bc_steps, cfg.batch_size, cfg.lr, cfg.seed, not args.no_progress)
+    ft = Finetuner(cfg, policy, data)
+    if args.resume and ft.resume():
+        print(f"resumed at step {ft.step}")
+    metrics = ft.train(progress=not args.no_progress)
+    if ft.accelerator.is_main_process:
+        print(f"done: step {ft.step}  path_kl {metrics.get('path_kl', float('nan')):.4f}  "
+              f"kl_ema {metrics.get('kl_ema', float('nan')):.4f}  lam {metrics.get('lam', float('nan')):.4f}")
+    ft.end()
+    return 0
