@@ -57,8 +57,12 @@ class TrustRegionConfig:
 
 @dataclass
 class FinetuneConfig:
-    method: Literal["trqam", "qam", "qam_ext_kl"] = "trqam"
-    """trqam: λ in the SDE with dual descent; qam: fixed Λ = 1/τ; qam_ext_kl: fixed Λ, + λ_ext · D̂ in the loss"""
+    method: str = "trqam"
+    """a registered method (trqam_sdk.methods): trqam: λ in the SDE with dual descent; qam: fixed Λ = 1/τ;
+    qam_ext_kl: fixed Λ, + λ_ext · D̂ in the loss; bc: flow matching of the policy only"""
+    method_options: dict[str, Any] = field(default_factory=dict)
+    """options of the chosen method, parsed strictly by its ``Options`` dataclass (methods defined outside the
+    package keep their own hyper-parameters here)"""
     qam_tau: float = 1.0
     """τ, QAM's inverse temperature (qam and qam_ext_kl use Λ = 1/τ)"""
     flow_steps: int = 10

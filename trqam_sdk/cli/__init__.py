@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -27,8 +28,50 @@ COMMANDS = {
 }
 
 
+PLUGINS_ENV = "TRQAM_PLUGINS"
+"""comma-separated modules imported before a command runs (they register methods, adapters, benchmarks)"""
+
+
+def load_plugins(modules: list[str] | None = None) -> list[str]:
+    """Import plugin modules so what they register (``register_method``, ``register_benchmark``, adapters with a
+    ``type_name``) is known to every command: from ``--plugin`` flags, ``$TRQAM_PLUGINS`` and the
+    ``trqam_sdk.plugins`` entry-point group of installed packages."""
+    from importlib.metadata import entry_points
+
+    names = [m for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()] + list(modules or [])
+    loaded = []
+    for ep in entry_points(group="trqam_sdk.plugins"):
+        ep.load()
+        loaded.append(ep.value)
+    for name in names:
+        try:
+            importlib.import_module(name.strip())
+        except ImportError as e:
+            raise SystemExit(f"trqam: cannot import plugin module {name.strip()!r}: {e}") from e
+        loaded.append(name.strip())
+    return loaded
+
+
+def _split_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Take ``--plugin MODULE`` (repeatable, anywhere before the command's own flags) out of argv."""
+    plugins, rest, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--plugin" and i + 1 < len(argv):
+            plugins.append(argv[i + 1])
+            i += 2
+        elif argv[i].startswith("--plugin="):
+            plugins.append(argv[i].split("=", 1)[1])
+            i += 1
+        else:
+            rest.append(argv[i])
+            i += 1
+    return plugins, rest
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    plugins, argv = _split_plugins(argv)
+    load_plugins(plugins)
     parser = argparse.ArgumentParser(prog="trqam", description="Trust Region Q-Adjoint Matching SDK")
     sub = parser.add_subparsers(dest="command", required=True)
     wanted = [a for a in argv if a in COMMANDS][:1] or list(COMMANDS)

@@ -1,0 +1,51 @@
+"""The method registry: a name → an agent class, so the finetuner, the CLI and recipes find methods by name.
+
+A method registers itself with :func:`register_method` (inside or outside the package); lookups are lazy for
+the built-in ones, so importing the registry does not import every method.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+METHODS: dict[str, type] = {}
+"""name → agent class (a subclass of :class:`trqam_sdk.methods.base.Agent`)"""
+
+BUILTIN: dict[str, str] = {"bc": "trqam_sdk.methods.bc", "trqam": "trqam_sdk.methods.trqam",
+                           "qam": "trqam_sdk.methods.trqam", "qam_ext_kl": "trqam_sdk.methods.trqam"}
+"""built-in method name → module that registers it (imported on first lookup)"""
+
+FINETUNING = ("qam", "qam_ext_kl", "trqam")
+"""the built-in methods that fine-tune a prior against a critic (``bc`` evaluates / trains the prior itself)"""
+
+
+def register_method[C: type](name: str) -> Callable[[C], C]:
+    """Class decorator: ``@register_method("my_method")`` makes ``FinetuneConfig(method="my_method")`` work."""
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"method name {name!r}: use letters, digits, '_' or '-'")
+
+    def wrap(cls: C) -> C:
+        if name in METHODS and METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} is already registered ({METHODS[name].__qualname__})")
+        METHODS[name] = cls
+        cls.method_name = name  # type: ignore[attr-defined]
+        return cls
+
+    return wrap
+
+
+def method_names() -> list[str]:
+    """Every known method: the built-in ones and those registered from outside."""
+    return sorted(set(METHODS) | set(BUILTIN))
+
+
+def get_method(name: str) -> Any:
+    """The agent class registered as ``name``; a clear error listing the known names otherwise."""
+    if name not in METHODS and name in BUILTIN:
+        importlib.import_module(BUILTIN[name])
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {method_names()} "
+                         "(register your own with trqam_sdk.methods.register_method)")
+    return METHODS[name]
