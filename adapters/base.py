@@ -17,8 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-Cond = Any
-"""A tensor, or a dict/tuple/list of tensors whose leading axis is the batch."""
+from trqam_sdk.core.pytree import Cond, first_leaf, repeat_condition, tree_map  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -45,36 +44,6 @@ class ActionSpec:
         lo, hi = float(actions.min()), float(actions.max())
         if lo < self.low - 1e-6 or hi > self.high + 1e-6:
             raise ValueError(f"{name}: values in [{lo:.4g}, {hi:.4g}] fall outside [{self.low}, {self.high}]")
-
-
-def tree_map(fn: Callable[[Tensor], Tensor], cond: Cond) -> Cond:
-    """Apply ``fn`` to every tensor of a conditioning pytree (dict / list / tuple / tensor)."""
-    if isinstance(cond, Tensor):
-        return fn(cond)
-    if isinstance(cond, dict):
-        return {k: tree_map(fn, v) for k, v in cond.items()}
-    if isinstance(cond, list | tuple):
-        return type(cond)(tree_map(fn, v) for v in cond)
-    return cond
-
-
-def first_leaf(tree: Cond) -> Tensor:
-    """The first tensor of a pytree (its batch size and device are the batch's)."""
-    if isinstance(tree, Tensor):
-        return tree
-    items = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list | tuple) else ()
-    for v in items:
-        if isinstance(v, Tensor | dict | list | tuple):
-            try:
-                return first_leaf(v)
-            except ValueError:
-                continue
-    raise ValueError(f"no tensor in {type(tree).__name__}")
-
-
-def repeat_condition(cond: Cond, n: int) -> Cond:
-    """Tile a per-state conditioning n times along the batch (block order: [cond; cond; ...])."""
-    return tree_map(lambda c: c.repeat(n, *([1] * (c.ndim - 1))), cond)
 
 
 ADAPTERS: dict[str, type[FlowPolicy]] = {}
@@ -173,7 +142,8 @@ def load_policy(path_or_repo: str | Path, revision: str | None = None) -> FlowPo
         return from_pretrained(path)
     kind = meta.get("adapter")
     if kind not in ADAPTERS:
-        raise ValueError(f"{path}/config.json names adapter {kind!r}; known: {sorted(ADAPTERS)}")
+        raise ValueError(f"{path}/config.json names adapter {kind!r}; known: {sorted(ADAPTERS)} (an adapter "
+                         "from outside the SDK is known once its module is imported: `trqam --plugin MODULE`)")
     policy = ADAPTERS[kind].from_config(meta["config"])
     state = load_file(str(path / "model.safetensors"))
     check_state_dict(policy, state, f"checkpoint {path} does not match {kind}")

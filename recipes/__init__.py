@@ -1,2 +1,2 @@
 """Benchmark recipes shipped as package data (``trqam_sdk.recipes``): ``ogbench/<domain>.yaml``,
-``robomimic/<task>.yaml``. Read them with :func:`trqam_sdk.benchmarks.recipes.recipe_files`."""
+``robomimic/<task>.yaml``. Find them with :func:`trqam_sdk.benchmarks.recipes.recipe_dir`."""

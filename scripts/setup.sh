@@ -3,8 +3,10 @@
 # One torch only: the pin torch>=2.7,<2.12 in pyproject.toml (lerobot 0.6's range) is the single source of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Default: everything the test suite exercises (LeRobot VLAs, robosuite). TRQAM_EXTRAS=dev for a lean core install.
-EXTRAS="${TRQAM_EXTRAS:-dev,lerobot,robomimic}"
+# Default: everything the test suite exercises (OGBench, plots, TensorBoard, LeRobot VLAs, robosuite).
+# TRQAM_EXTRAS=dev for a lean core install (what `trqam train` and the Python API need), or any subset of the
+# extras in pyproject.toml.
+EXTRAS="${TRQAM_EXTRAS:-dev,ogbench,tensorboard,plots,lerobot,robomimic}"
 
 find_python() {
   for cand in python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do
@@ -26,9 +28,14 @@ stamp=".venv/.trqam-installed-$EXTRAS"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   before=$(.venv/bin/python -c 'import torch; print(torch.__version__)' 2>/dev/null || echo none)
   echo "setup: installing trqam-sdk[$EXTRAS] (torch before: $before)"
-  .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+  pin=()
+  if [ "$before" != none ]; then  # an installed torch is a constraint: pip fails rather than swap it
+    echo "torch==${before%%+*}" > .venv/.trqam-torch-constraint.txt  # 2.11.0 matches the installed 2.11.0+cu130
+    pin=(-c .venv/.trqam-torch-constraint.txt)
+  fi
+  .venv/bin/python -m pip install -q "${pin[@]}" -e ".[$EXTRAS]"
   case ",$EXTRAS," in
-    *,robomimic,*) .venv/bin/python -m pip install -q --no-deps "robosuite==1.5.2" ;;
+    *,robomimic,*|*,all,*) .venv/bin/python -m pip install -q --no-deps "robosuite==1.5.2" ;;
   esac
   after=$(.venv/bin/python -c 'import torch; print(torch.__version__)')
   if [ "$before" != none ] && [ "$before" != "$after" ]; then
@@ -36,4 +43,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   fi
   touch "$stamp"
 fi
-.venv/bin/python -c 'import torch, accelerate, ogbench; print(f"setup: ok (torch {torch.__version__}, accelerate {accelerate.__version__})")'
+.venv/bin/python -c 'import torch, accelerate; print(f"setup: ok (torch {torch.__version__}, accelerate {accelerate.__version__})")'
+case ",$EXTRAS," in
+  *,ogbench,*|*,all,*) .venv/bin/python -c 'import ogbench, mujoco' ;;
+esac

@@ -40,7 +40,7 @@ def test_demo_cli_tiny(tmp_path: Path) -> None:
         "--batch-size",
         "32",
         "--episodes",
-        "1",
+        "3",
         "--eval-max-steps",
         "10",
         "--workers",
@@ -52,16 +52,22 @@ def test_demo_cli_tiny(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parents[1], env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    m = re.search(r"RESULT .*BC (\d+\.\d)%\s+TRQAM (\d+\.\d)%\s+final kl_ema (\S+) vs ε 0.5\s+λ (\S+)", proc.stdout)
+    ci = r"(\d+\.\d)% \[(\d+\.\d), (\d+\.\d)\] \(n=3\)"
+    m = re.search(rf"RESULT .*BC {ci}\s+TRQAM {ci}\s+final kl_ema (\S+) vs ε 0.5\s+λ (\S+)", proc.stdout)
     assert m, proc.stdout
-    assert 0.0 <= float(m.group(1)) <= 100.0 and 0.0 <= float(m.group(2)) <= 100.0
-    assert float(m.group(3)) >= 0.0 and 0.01 <= float(m.group(4)) <= 100.0
-    run = out / "seed0"
+    for i in (1, 4):  # each success rate with its 95 % Wilson interval over the 3 episodes
+        rate, lo, hi = (float(m.group(i + j)) for j in range(3))
+        assert lo <= rate <= hi and hi - lo > 30  # 3 episodes cannot give a narrow interval
+    assert float(m.group(7)) >= 0.0 and 0.01 <= float(m.group(8)) <= 100.0
+    task = out / "cube-single" / "task1"
+    run = task / "trqam" / "seed0"
     assert (run / "trqam_curves.png").stat().st_size > 0
-    assert (run / "trqam_policy" / "model.safetensors").is_file()
-    assert (run / "bc_policy" / "config.json").is_file()
+    assert (run / "policy" / "model.safetensors").is_file()
+    assert (task / "bc_prior" / "seed0" / "config.json").is_file()
     assert (run / "checkpoints" / "latest.json").is_file() and (run / "checkpoints" / "step-00000010").is_dir()
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == 10 and {"path_kl", "kl_ema", "lam"} <= set(rows[-1])
+    assert rows[-1]["step"] == 10 and {"path_kl", "kl_ema", "lam"} <= {k.split("/")[-1] for k in rows[-1]}
     summary = json.loads((out / "results.json").read_text())
-    assert summary["runs"][0]["seed"] == 0
+    assert summary["runs"][0]["seed"] == 0 and summary["episodes"] == 3
+    bc = json.loads((task / "bc" / "seed0" / "result.json").read_text())
+    assert bc["episodes"] == 3 and summary["runs"][0]["bc"]["success"] == bc["success"]

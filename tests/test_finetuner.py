@@ -63,11 +63,18 @@ def toy(tmp_path_factory) -> tuple[Transitions, Path, Path]:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(latest_checkpoint(run) / "agent.safetensors"))
+    """Every tensor the latest checkpoint restores: the policy folder (as ``actor.*``) + the algorithm file."""
+    ck = latest_checkpoint(run)
+    policy = {f"actor.{k}": v for k, v in load_file(str(ck / "policy" / "model.safetensors")).items()}
+    algorithm = load_file(str(ck / "algorithm.safetensors"))
+    assert not policy.keys() & algorithm.keys(), "the policy is written twice"
+    return {**policy, **algorithm}
 
 
 def _jsonl(run: Path) -> list[dict]:
-    return [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    """Logged rows without the wall-clock ``time/`` metrics (the only values that differ between replays)."""
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
 def test_resume_in_process_is_exact(toy, tmp_path):
@@ -118,7 +125,7 @@ def test_kill_and_resume_matches_uninterrupted(toy, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     ref_rows, run_rows = _jsonl(tmp_path / "ref"), _jsonl(tmp_path / "run")
-    assert [r["lam"] for r in ref_rows] == [r["lam"] for r in run_rows]
+    assert [r["dual/lam"] for r in ref_rows] == [r["dual/lam"] for r in run_rows]
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(BIN)) is None, reason="torchrun not installed")
@@ -139,7 +146,7 @@ def test_two_processes_match_one(toy, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
     r1, r2 = _jsonl(tmp_path / "p1"), _jsonl(tmp_path / "p2")
     for x, y in zip(r1, r2, strict=True):
-        for key in ("critic_loss", "adj_loss", "bc_loss", "path_kl", "kl_ema", "lam"):
+        for key in ("critic/loss", "actor/adj_loss", "actor/bc_loss", "actor/path_kl", "dual/kl_ema", "dual/lam"):
             assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
 
 
@@ -151,7 +158,7 @@ def test_nonfinite_loss_does_not_touch_weights(toy, tmp_path):
     before = {k: v.clone() for k, v in ft.agent.state_dict().items()}
     ft.data.rewards[:] = float("nan")  # poisons the TD target → critic loss NaN
     m = ft.train_step()
-    assert m["nonfinite_skips"] == 1
+    assert m["train/nonfinite_skips"] == 1
     after = ft.agent.state_dict()
     for k in before:
         assert torch.equal(before[k], after[k]), k
@@ -196,7 +203,7 @@ def test_bf16_and_tensorboard(toy, tmp_path):
                    load_policy(root / "prior"), data)
     m = ft.train(progress=False)
     ft.end()
-    assert all(np.isfinite(m[k]) for k in ("critic_loss", "adj_loss", "bc_loss", "path_kl"))
+    assert all(np.isfinite(m[k]) for k in ("critic/loss", "actor/adj_loss", "actor/bc_loss", "actor/path_kl"))
     assert list((tmp_path / "bf").rglob("events.out.tfevents*")), "TensorBoard tracker wrote nothing"
     assert len(_jsonl(tmp_path / "bf")) == 6
 
@@ -208,22 +215,22 @@ def test_methods_reference_and_budget_schedule(toy, tmp_path):
     ft = Finetuner(tiny_cfg(tmp_path / "tr", trust_region=sched), prior, data)
     ft.train(progress=False)
     rows = _jsonl(tmp_path / "tr")
-    assert [r["kl_budget"] for r in rows] == [0.05, 0.05, 0.05, 0.2, 0.2, 0.2]
+    assert [r["dual/kl_budget"] for r in rows] == [0.05, 0.05, 0.05, 0.2, 0.2, 0.2]
 
     qam = Finetuner(tiny_cfg(tmp_path / "qam", method="qam", qam_tau=3.0), prior, data)
     qam.train(progress=False)
-    assert {r["lam"] for r in _jsonl(tmp_path / "qam")} == {1.0}  # λ frozen
-    assert _jsonl(tmp_path / "qam")[-1]["kl_ema"] > 0  # the KL is still measured
+    assert {r["dual/lam"] for r in _jsonl(tmp_path / "qam")} == {1.0}  # λ frozen
+    assert _jsonl(tmp_path / "qam")[-1]["dual/kl_ema"] > 0  # the KL is still measured
 
     ext = Finetuner(tiny_cfg(tmp_path / "ext", method="qam_ext_kl"), prior, data)
     ext.train(progress=False)
-    assert len({r["lam"] for r in _jsonl(tmp_path / "ext")}) > 1  # λ_ext follows the dual
+    assert len({r["dual/lam"] for r in _jsonl(tmp_path / "ext")}) > 1  # λ_ext follows the dual
 
     frozen = Finetuner(tiny_cfg(tmp_path / "fr", reference="frozen"), prior, data)
     ref0 = {k: v.clone() for k, v in frozen.agent.ref.state_dict().items()}
     frozen.train(progress=False)
     assert all(torch.equal(ref0[k], v) for k, v in frozen.agent.ref.state_dict().items())
-    assert {r["bc_loss"] for r in _jsonl(tmp_path / "fr")} == {0.0}
+    assert {r["actor/bc_loss"] for r in _jsonl(tmp_path / "fr")} == {0.0}
     ema = Finetuner(tiny_cfg(tmp_path / "ema"), prior, data)
     ema.train(progress=False)
     assert not all(torch.equal(ref0[k], v) for k, v in ema.agent.ref.state_dict().items())

@@ -1,9 +1,11 @@
 """LeRobot pi0 / pi0.5 / SmolVLA adapters (tiny random-weight models built offline).
 
-The adapter contract suite of test_adapters.py runs on each (shapes, errors, cached prefix, tiling, VJP
-determinism, finite differences), plus: the time convention against lerobot's own training loss, padded dims
-and chunk length, the condition computed once per state inside the agent, what trains (expert / LoRA), a TRQAM
-fine-tune on a LeRobotDataset that moves the policy, and a 2-process torchrun run.
+The adapter contract suite (trqam_sdk.testing.adapter_contract) runs on each through one subclass per model
+(shapes, errors, cached prefix, tiling, VJP determinism, finite differences; float32 only), plus: the time
+convention against lerobot's own training loss, padded dims and chunk length, the condition computed once per
+state inside the agent (with the VLA critic), what trains (expert / LoRA), a TRQAM fine-tune on a LeRobotDataset
+that moves the policy, and a 2-process torchrun run. lerobot's checkpoint format is checked by the LoRA test
+here and by test_hub.py.
 """
 
 from __future__ import annotations
@@ -13,24 +15,24 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
-import test_adapters as contract
 import torch
 import torch.nn.functional as F
 from lerobot_tiny import ACTION_DIM, CHUNK, KINDS, STATE_DIM, Tiny, tiny
-from trqam_sdk.adapters import ActionSpec, ReversedTimePolicy
+from trqam_sdk.adapters import ActionSpec, FlowPolicy, ReversedTimePolicy
 from trqam_sdk.adapters.base import first_leaf
 
 from trqam_sdk.config import CriticConfig, FinetuneConfig, TrustRegionConfig
 from trqam_sdk.integrations.lerobot.data import lerobot_transitions, write_synthetic_dataset
 from trqam_sdk.methods.trqam import TRQAMAgent
 from trqam_sdk.networks.encoders import vla_critic
+from trqam_sdk.testing.adapter_contract import AdapterContract, counting
 from trqam_sdk.testing.tiny_lerobot import IMAGE_KEY
 from trqam_sdk.training.finetuner import Finetuner
 
-B = contract.B
+B = AdapterContract.batch
 BIN = Path(sys.executable).parent
 
 
@@ -56,30 +58,39 @@ def bad_obs(m: Tiny) -> list[Any]:
     return [drop_image, gray, state, no_tokens, torch.zeros(B, STATE_DIM)]
 
 
-def case(m: Tiny) -> contract.Case:
-    """The contract suite's Case for a tiny lerobot model (float32 only: lerobot's attention masks)."""
-    return contract.Case(m.kind, m.fresh, "chunk_size", obs=lambda b, dtype, g: m.obs(b, dtype, g),
-                         bad_obs=lambda: bad_obs(m), spec=ActionSpec(CHUNK, ACTION_DIM), float64=False)
-
-
 # -- the shared contract suite ------------------------------------------------------------------------------
-CHECKS = ["spec_and_registry", "shapes_b1", "shapes_b4", "wrong_obs", "cached_condition", "repeat_condition",
-          "vjp_deterministic", "vjp_fd_0.0", "vjp_fd_0.5", "vjp_fd_0.9"]
+class LeRobotContract(AdapterContract):
+    """A tiny lerobot model under the contract (float32 only: lerobot's attention masks). The agent, the
+    checkpoint format and the time convention have the stronger LeRobot-specific tests below."""
+
+    kind: ClassVar[str] = ""
+    spec = ActionSpec(CHUNK, ACTION_DIM)
+    float64 = check_agent = check_serialisation = check_bc_fit = False
+
+    @pytest.fixture(autouse=True)
+    def _tiny_model(self, root: Path) -> None:
+        self.model = tiny(self.kind, root)
+
+    def make_policy(self) -> FlowPolicy:
+        return self.model.fresh()
+
+    def make_observations(self, batch: int, dtype: torch.dtype, generator: torch.Generator) -> Any:
+        return self.model.obs(batch, dtype, generator)
+
+    def bad_observations(self) -> list[Any]:
+        return bad_obs(self.model)
 
 
-@pytest.mark.parametrize("check", CHECKS)
-def test_adapter_contract(model: Tiny, check: str) -> None:
-    c = case(model)
-    if check.startswith("vjp_fd_"):
-        contract.test_vjp_matches_finite_differences(c, float(check.rsplit("_", 1)[1]))
-    elif check.startswith("shapes_"):
-        contract.test_shapes_and_dtypes(c, torch.float32, int(check[-1]))
-    else:
-        {"spec_and_registry": contract.test_spec_and_registry,
-         "wrong_obs": contract.test_wrong_observation_shape_is_a_clear_error,
-         "cached_condition": contract.test_cached_condition_is_reusable_and_not_mutated,
-         "repeat_condition": contract.test_repeated_condition_matches_per_row_evaluation,
-         "vjp_deterministic": contract.test_vjp_is_deterministic}[check](c)
+class TestPI0Contract(LeRobotContract):
+    kind = "pi0"
+
+
+class TestPI05Contract(LeRobotContract):
+    kind = "pi05"
+
+
+class TestSmolVLAContract(LeRobotContract):
+    kind = "smolvla"
 
 
 # -- time convention and padding ----------------------------------------------------------------------------
@@ -151,18 +162,12 @@ def tiny_agent(adapter: Any, steps: int = 3) -> TRQAMAgent:
     return TRQAMAgent(adapter, copy.deepcopy(adapter), vla_critic(adapter, 2, 32, 2), cfg)
 
 
-def counting(fn: Any, log: list[int]) -> Any:
-    def wrapped(obs: dict) -> Any:
-        log.append(first_leaf(obs).shape[0])
-        return fn(obs)
-    return wrapped
-
-
 def test_agent_computes_prefix_once_per_state_and_trains_the_expert_only(model: Tiny,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    c = case(model)
+    contract = {c.kind: c for c in (TestPI0Contract, TestPI05Contract, TestSmolVLAContract)}[model.kind]()
+    contract.model = model
     agent = tiny_agent(model.fresh())
-    batch, noise = contract.tiny_batch(c, agent)
+    batch, noise = contract.make_batch(agent)
     calls: dict[str, list[int]] = {"actor": [], "ref": [], "base": []}
     vlms = []
     for name, log in calls.items():
@@ -175,16 +180,17 @@ def test_agent_computes_prefix_once_per_state_and_trains_the_expert_only(model: 
     vision.register_forward_pre_hook(lambda mod, args, kw: prefix_runs.append(
         first_leaf([*args, *kw.values()]).shape[0]), with_kwargs=True)
     assert agent.share_condition, "v_θ and the reference share the frozen prefix"
-    loss, kl, _ = agent(batch, noise)
+    loss, metrics = agent(batch, noise)
     # s' for the critic target and s for the actor; the reference reuses the actor's prefix; the frozen
     # reference means the base (BC) never runs. The image tower runs only inside those two conditions.
     assert calls == {"actor": [B, B], "ref": [], "base": []}
     assert prefix_runs == [B, B], prefix_runs
     monkeypatch.setattr(agent, "share_condition", False)
     with torch.no_grad():
-        unshared, kl_unshared, _ = agent(batch, noise)
+        unshared, unshared_metrics = agent(batch, noise)
     assert calls["ref"] == [B] and prefix_runs == [B] * 5
-    assert torch.equal(unshared, loss.detach()) and torch.equal(kl_unshared, kl)
+    assert torch.equal(unshared, loss.detach())
+    assert torch.equal(unshared_metrics["actor/path_kl"], metrics["actor/path_kl"])
     loss.backward()
     expert = [n for n, p in agent.actor.named_parameters() if p.requires_grad]
     assert expert and all(any(e.split(".")[-1] in n or e in n for e in ("expert", "action_", "time_mlp", "state_proj"))
@@ -252,8 +258,8 @@ def test_finetune_on_lerobot_dataset_moves_the_policy(model: Tiny, dataset_root:
     after = actor.sample(obs, 4, torch.Generator().manual_seed(1))
     shift = (after - before).abs().mean().item()
     first_dim = (after[..., 0] - before[..., 0]).mean().item()
-    print(f"\n{model.kind}: mean |Δ chunk| {shift:.4f}, mean Δ a[0] {first_dim:+.4f}, λ {metrics['lam']:.3f}, "
-          f"path KL {metrics['path_kl']:.4f}")
+    print(f"\n{model.kind}: mean |Δ chunk| {shift:.4f}, mean Δ a[0] {first_dim:+.4f}, λ {metrics['dual/lam']:.3f}, "
+          f"path KL {metrics['actor/path_kl']:.4f}")
     assert shift > 1e-3, "20 updates left the policy where it was"
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     init = dict(model.adapter.named_parameters())

@@ -36,7 +36,8 @@ from trqam_sdk.core.losses import (
     pessimistic_value,
     td_target,
 )
-from trqam_sdk.methods.trqam import QAM, Method, QAMExternalKL, TRQAMAgent, make_method, terminal_adjoint
+from trqam_sdk.methods import get_method
+from trqam_sdk.methods.trqam import QAMAgent, QAMExternalKLAgent, TRQAMAgent, terminal_adjoint
 from trqam_sdk.networks.mlp import QEnsemble
 
 # -- flow.py ----------------------------------------------------------------------------------------------
@@ -335,18 +336,22 @@ def test_budget_at_schedule() -> None:
 
 def test_method_temperatures_and_extra_losses() -> None:
     """TRQAM Λ = lam_scale λ; QAM Λ = 1/τ whatever λ; External KL adds λ_ext · mean D̂; TRQAM/QAM add 0."""
-    lam = torch.tensor(2.0)
-    assert float(Method(lam_scale=3.0).temperature(lam)) == 6.0
-    assert float(QAM(tau=4.0).temperature(lam)) == 0.25
-    assert float(QAM(tau=4.0).temperature(torch.tensor(50.0))) == 0.25
-    assert float(QAMExternalKL(tau=0.5).temperature(lam)) == 2.0
+    def agent(method: str, lam: float = 2.0, tau: float = 1.0, lam_scale: float = 3.0) -> TRQAMAgent:
+        return _tiny_agent(method, lam, tau, lam_scale)
+
+    assert float(agent("trqam").temperature()) == 6.0
+    assert float(agent("trqam", lam_scale=5.0).temperature()) == 10.0
+    assert float(agent("qam", tau=4.0).temperature()) == 0.25
+    assert float(agent("qam", lam=50.0, tau=4.0).temperature()) == 0.25
+    assert float(agent("qam_ext_kl", tau=0.5).temperature()) == 2.0
     kl = torch.tensor([1.0, 3.0])
-    assert float(QAMExternalKL(tau=0.5).extra_loss(kl, lam)) == 4.0
-    assert float(Method().extra_loss(kl, lam)) == 0.0 and float(QAM().extra_loss(kl, lam)) == 0.0
-    assert Method().uses_dual and not QAM().uses_dual and QAMExternalKL().uses_dual
-    assert make_method(FinetuneConfig(method="qam", qam_tau=3.0)) == QAM(tau=3.0)
-    assert make_method(FinetuneConfig(method="qam_ext_kl", qam_tau=3.0)) == QAMExternalKL(tau=3.0)
-    assert make_method(FinetuneConfig(trust_region=TrustRegionConfig(lam_scale=5.0))) == Method(lam_scale=5.0)
+    assert float(agent("qam_ext_kl", tau=0.5).extra_loss(kl)) == 4.0
+    assert float(agent("trqam").extra_loss(kl)) == 0.0 and float(agent("qam").extra_loss(kl)) == 0.0
+    assert TRQAMAgent.uses_dual and not QAMAgent.uses_dual and QAMExternalKLAgent.uses_dual
+    assert get_method("trqam") is TRQAMAgent and get_method("qam") is QAMAgent
+    assert get_method("qam_ext_kl") is QAMExternalKLAgent and issubclass(QAMExternalKLAgent, QAMAgent)
+    with pytest.raises(ValueError, match="unknown method 'nosuch'.*trqam"):
+        get_method("nosuch")
 
 
 class _LinearCritic(nn.Module):
@@ -368,15 +373,15 @@ def test_terminal_adjoint_sign_mean_and_clip() -> None:
     torch.testing.assert_close(a, torch.tensor([[-2.0, -1.0, 0.0, 0.0], [-2.0, -1.0, -1.0, -3.0]]))
 
 
-def _tiny_agent(method: str, lam: float, qam_tau: float = 1.0) -> TRQAMAgent:
+def _tiny_agent(method: str, lam: float, qam_tau: float = 1.0, lam_scale: float = 3.0) -> TRQAMAgent:
     torch.manual_seed(0)
     obs_dim, horizon, action_dim = 3, 2, 2
     actor = MLPFlowPolicy(MLPPolicyConfig(obs_dim, horizon, action_dim, width=16, depth=2))
     base = MLPFlowPolicy(MLPPolicyConfig(obs_dim, horizon, action_dim, width=16, depth=2))
     critic = QEnsemble(obs_dim, horizon * action_dim, num_critics=3, width=16, depth=2)
     cfg = FinetuneConfig(method=method, qam_tau=qam_tau, flow_steps=5, reference="frozen", trackers=[],
-                         trust_region=TrustRegionConfig(lam_init=lam, lam_scale=3.0))
-    return TRQAMAgent(actor, base, critic, cfg)
+                         trust_region=TrustRegionConfig(lam_init=lam, lam_scale=lam_scale))
+    return get_method(method)(actor, base, critic, cfg)
 
 
 def _manual_actor_objective(agent: TRQAMAgent, obs: Tensor, x0: Tensor, noise: Tensor, big_lambda: float,
@@ -507,5 +512,6 @@ def test_finetuner_applies_dual_after_the_gradient_step(tmp_path: Path,
         assert fwd[1] == pytest.approx(state.lam, abs=1e-12)  # the loss saw λ from the previous step
         assert dual[1] == pytest.approx(fwd[2], rel=1e-6) and dual[2] == 0.05  # this step's D̂, ε
         state = dual_update(state, dual[1], 0.05, lam_lr=0.5)
-        assert m["lam"] == pytest.approx(state.lam, abs=1e-12) and m["kl_ema"] == pytest.approx(state.kl_ema)
+        assert m["dual/lam"] == pytest.approx(state.lam, abs=1e-12)
+        assert m["dual/kl_ema"] == pytest.approx(state.kl_ema)
     assert state.lam != 1.0

@@ -10,6 +10,7 @@ import torch
 
 pytest.importorskip("ogbench")
 
+from trqam_sdk.benchmarks.ogbench.benchmark import OGBenchEnvFactory  # noqa: E402
 from trqam_sdk.benchmarks.ogbench.generate import generate_dataset, load_ogbench, split_task_name  # noqa: E402
 from trqam_sdk.data.transitions import ChunkSampler, Transitions  # noqa: E402
 from trqam_sdk.rollout.evaluation import evaluate  # noqa: E402
@@ -104,7 +105,8 @@ def test_evaluate_trivial_policy() -> None:
         calls.append(1)
         return torch.zeros(1, 5, 5)
 
-    out = evaluate(zero_policy, env_name, episodes=2, seed=0, workers=1, env_kwargs={"max_episode_steps": 12})
-    assert 0.0 <= out["success_rate"] <= 1.0
-    assert out["mean_length"] == 12.0
+    out = evaluate(zero_policy, OGBenchEnvFactory(env_name, {"max_episode_steps": 12}), episodes=2, seed=0, workers=1)
+    assert out["success_rate"] == 0.0 and out["episodes"] == 2 and out["successes"] == 0  # the cube stays put
+    assert out["ci95_low"] == 0.0 and out["ci95_high"] == pytest.approx(0.6576, abs=1e-4)  # Wilson 0/2
+    assert out["mean_length"] == 12.0 and out["mean_return"] == -12.0
     assert len(calls) == 2 * 3  # ceil(12 / H) policy calls per episode, chunks executed open-loop

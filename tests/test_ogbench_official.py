@@ -12,10 +12,12 @@ import torch
 pytest.importorskip("ogbench")
 
 from trqam_sdk import cli  # noqa: E402
+from trqam_sdk.benchmarks.ogbench.benchmark import OGBenchEnvFactory  # noqa: E402
 from trqam_sdk.benchmarks.ogbench.generate import collect_episodes, generate_dataset  # noqa: E402
 from trqam_sdk.benchmarks.ogbench.official import load_singletask, official_files, write_official  # noqa: E402
-from trqam_sdk.data.replay import OnlineCollector, ReplayBuffer  # noqa: E402
+from trqam_sdk.data.replay import ReplayBuffer  # noqa: E402
 from trqam_sdk.data.transitions import Transitions  # noqa: E402
+from trqam_sdk.rollout.online import OnlineCollector  # noqa: E402
 
 LENGTH = 25
 
@@ -132,12 +134,9 @@ def test_replay_buffer_chunks_and_mixing() -> None:
 
 def test_online_collector_uniform_mixing_and_open_loop() -> None:
     """Chunks run open-loop (one policy call per H steps); the Finetuner's uniform draw covers the union."""
-    import gymnasium
-    import ogbench  # noqa: F401
-
     from trqam_sdk.training.finetuner import step_generator
 
-    env = gymnasium.make("cube-single-singletask-task1-v0", max_episode_steps=7)
+    env = OGBenchEnvFactory("cube-single-singletask-task1-v0", {"max_episode_steps": 7}, sparse=True)()
     calls = []
 
     def act(obs: torch.Tensor) -> torch.Tensor:
@@ -145,7 +144,7 @@ def test_online_collector_uniform_mixing_and_open_loop() -> None:
         return torch.full((1, 3, 5), 0.3)
 
     buf = ReplayBuffer(_offline_like(env), horizon=3, capacity=9)
-    col = OnlineCollector(env, act, buf, seed=1, sparse=True)
+    col = OnlineCollector(env, act, buf, seed=1)
     for step in range(9):
         col.step(step)
     env.close()
@@ -177,8 +176,10 @@ def test_video_egl(tmp_path: Path) -> None:
     import sys
 
     code = ("import torch\nfrom trqam_sdk.rollout.video import record_episode\n"
-            f"record_episode(lambda o: torch.zeros(1, 5, 5), 'cube-single-singletask-task1-v0', r'{tmp_path}/v.mp4', "
-            "0, {'max_episode_steps': 3})\n")
+            "from trqam_sdk.benchmarks.ogbench.benchmark import OGBenchEnvFactory\n"
+            "f = OGBenchEnvFactory('cube-single-singletask-task1-v0', {'max_episode_steps': 3, "
+            "'render_mode': 'rgb_array'})\n"
+            f"record_episode(lambda o: torch.zeros(1, 5, 5), f, r'{tmp_path}/v.mp4', 0)\n")
     env = dict(os.environ, MUJOCO_GL="egl", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

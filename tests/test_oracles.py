@@ -24,7 +24,6 @@ from trqam_sdk.adapters import ActionSpec, FlowPolicy, MLPFlowPolicy, MLPPolicyC
 from trqam_sdk.core.dual import DualState, dual_update
 from trqam_sdk.core.flow import lean_adjoint, memoryless_g, sample_memoryless, sample_ode, time_grid
 from trqam_sdk.core.losses import adjoint_matching_loss, path_kl
-from trqam_sdk.methods.trqam import Method
 
 MU0 = torch.tensor([0.2, -0.1])
 SIGMA0 = torch.tensor([[0.3, -0.1], [-0.1, 0.4]])
@@ -81,6 +80,11 @@ def test_gaussian_prior_velocity_is_exact() -> None:
 # -- Tilt ---------------------------------------------------------------------------------------------------
 
 
+def trqam_temperature(lam: float, lam_scale: float) -> float:
+    """TRQAM's Λ = lam_scale · λ (TRQAMAgent.temperature), in the agent's float32."""
+    return float(lam_scale * torch.tensor(lam))
+
+
 @dataclass
 class TiltResult:
     big_lambda: float
@@ -106,7 +110,6 @@ def finetune_tilt(*, lam: float, lam_scale: float, steps: int, flow_steps: int =
     torch.manual_seed(seed)
     base = GaussianPrior(MU0, SIGMA0)
     policy = ResidualPolicy(base, MLPFlowPolicy(MLPPolicyConfig(0, 1, 2, width=64, depth=2)))
-    method = Method(lam_scale=lam_scale)
     T, h = flow_steps, 1.0 / flow_steps
     ts = time_grid(T)
     g = memoryless_g(ts, h)
@@ -118,7 +121,7 @@ def finetune_tilt(*, lam: float, lam_scale: float, steps: int, flow_steps: int =
     state = DualState(lam=lam, kl_ema=0.0)
     start = time.perf_counter()
     for _ in range(steps):
-        big_lambda = float(method.temperature(torch.tensor(state.lam)))
+        big_lambda = trqam_temperature(state.lam, lam_scale)
         sigma = g / math.sqrt(big_lambda)
         xs = sample_memoryless(v_theta, v_base, torch.randn(batch, 2), torch.randn(T - 1, batch, 2))
         adj = lean_adjoint(v_base, xs[:-1], a_T)
@@ -137,7 +140,7 @@ def finetune_tilt(*, lam: float, lam_scale: float, steps: int, flow_steps: int =
     x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(1))
     x_base = sample_ode(v_base, x0, T)
     x_ft = sample_ode(policy.velocity_fn(policy.condition(torch.zeros(n, 0))), x0, T)
-    big_lambda = float(method.temperature(torch.tensor(state.lam)))
+    big_lambda = trqam_temperature(state.lam, lam_scale)
     return TiltResult(big_lambda, x_ft.mean(0) - x_base.mean(0), SIGMA0 @ W / big_lambda,
                       x_ft.std(0) / x_base.std(0), state.kl_ema, seconds)
 
@@ -350,7 +353,6 @@ def test_dual_drives_kl_to_budget_for_a_lambda_dependent_control() -> None:
     base = GaussianPrior(MU0, SIGMA0)
     v_base = base.velocity_fn(None)
     a_grid = lean_adjoint(v_base, torch.zeros(T, 1, 2), -W[None])[:, 0]  # x-independent for the Gaussian
-    method = Method(lam_scale=3.0)
     gen = torch.Generator().manual_seed(0)
 
     def control(x: Tensor, t: Tensor, big_lambda: float) -> Tensor:
@@ -359,7 +361,7 @@ def test_dual_drives_kl_to_budget_for_a_lambda_dependent_control() -> None:
 
     state, emas, lams = DualState(), [], []
     for _ in range(steps):
-        big_lambda = float(method.temperature(torch.tensor(state.lam)))
+        big_lambda = trqam_temperature(state.lam, 3.0)
 
         def v_ctrl(x: Tensor, t: Tensor, big_lambda: float = big_lambda) -> Tensor:
             return v_base(x, t) + control(x, t, big_lambda)

@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("robosuite")
 
+from trqam_sdk.benchmarks.results import metric  # noqa: E402
 from trqam_sdk.benchmarks.robomimic.data import load_robomimic  # noqa: E402
 from trqam_sdk.benchmarks.robomimic.env import (  # noqa: E402
     LOW_DIM_KEYS,
@@ -20,7 +21,7 @@ from trqam_sdk.benchmarks.robomimic.env import (  # noqa: E402
     convert_controller_config,
 )
 from trqam_sdk.benchmarks.robomimic.generate import OLD_OSC_POSE, GenerateConfig, generate  # noqa: E402
-from trqam_sdk.benchmarks.robomimic.run import load_recipe  # noqa: E402
+from trqam_sdk.benchmarks.robomimic.recipe import load_recipe  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +129,25 @@ def test_tiny_recipe_trains_and_evaluates_via_cli(lift_file: tuple[Path, dict], 
     assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["label"] == "scripted" and [r["method"] for r in res["runs"]] == ["bc", "qam", "trqam"]
-    assert all(0.0 <= r["success"] <= 1.0 for r in res["runs"])
+    assert all(r["benchmark"] == "robomimic" and r["episodes"] == 1 and r["successes"] in (0, 1) for r in res["runs"])
     for m in ("qam", "trqam"):
-        evals = [json.loads(r) for r in (out / m / "seed0" / "evals.jsonl").read_text().splitlines()]
-        assert [e["step"] for e in evals] == [0, 3, 6]
-        rows = [json.loads(r) for r in (out / m / "seed0" / "metrics.jsonl").read_text().splitlines()]
-        assert len(rows) == 3 and all(np.isfinite(r["adj_loss"]) for r in rows)
+        evals = [json.loads(r) for r in (out / "lift" / m / "seed0" / "evals.jsonl").read_text().splitlines()]
+        assert [e["step"] for e in evals] == [0, 3, 6] and evals[0]["phase"] == "prior"
+        rows = [json.loads(r) for r in (out / "lift" / m / "seed0" / "metrics.jsonl").read_text().splitlines()]
+        assert len(rows) == 3 and all(np.isfinite(metric(r, "adj_loss")) for r in rows)
     assert (out / "stress.png").stat().st_size > 1000
-    saved = ObsNormalizer.from_json((out / "trqam" / "seed0" / "policy" / "obs_normalizer.json").read_text())
+    saved = ObsNormalizer.from_json((out / "lift" / "trqam" / "seed0" / "policy" / "obs_normalizer.json").read_text())
     assert saved.mean == load_robomimic(lift_file[0]).normalizer.mean
-    qam = json.loads((out / "qam" / "seed0" / "result.json").read_text())
+    assert (out / "lift" / "bc_prior" / "seed0" / "obs_normalizer.json").is_file()
+    qam = json.loads((out / "lift" / "qam" / "seed0" / "result.json").read_text())
     assert qam["lam"] == 1.0  # QAM keeps λ fixed; TRQAM's moved
-    assert json.loads((out / "trqam" / "seed0" / "result.json").read_text())["lam"] != 1.0
+    assert json.loads((out / "lift" / "trqam" / "seed0" / "result.json").read_text())["lam"] != 1.0
+    from trqam_sdk.benchmarks.robomimic.stress import summarize
+
+    summary = summarize(out)  # what `trqam robomimic plot` prints: success points with counts and intervals
+    assert set(summary) == {"qam/seed0", "trqam/seed0"}
+    points = summary["trqam/seed0"]["success"]
+    assert [p["step"] for p in points] == [0, 3, 6]
+    assert all(p["episodes"] == 1 and p["ci95"][0] <= p["success"] <= p["ci95"][1] for p in points)
+    # the same runs are a robomimic result set for `trqam aggregate`
+    assert main(["aggregate", "--benchmark", "robomimic", "--runs", str(out), "--no-plots"]) == 0

@@ -1,9 +1,10 @@
-"""OGBench recipes: one YAML per domain with the paper's values and named profiles (``paper``, ``cpu-small``).
+"""Recipes shared by every benchmark: one YAML per domain/task with the paper's values and named profiles.
 
 A recipe file holds the shared fields at top level and ``profiles: {name: overrides}``; loading a profile
-deep-merges its overrides over the shared fields and builds a strict :class:`Recipe` (unknown keys are
+deep-merges its overrides over the shared fields and builds a strict recipe dataclass (unknown keys are
 errors). ``--set a.b=v`` overrides apply last. The per-run :class:`FinetuneConfig` is derived from the recipe
-(method, steps, seed, ε schedule), so the math settings live in one place.
+(method, steps, seed, ε schedule), so the math settings live in one place. Each benchmark subclasses
+:class:`RecipeBase` with its own data section (``benchmarks/<name>/recipe.py``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import copy
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import yaml
 
 from trqam_sdk.config import FinetuneConfig, from_dict
+from trqam_sdk.methods.registry import method_names
 
 
 def recipe_dir(benchmark: str) -> Path:
@@ -24,34 +26,21 @@ def recipe_dir(benchmark: str) -> Path:
     return Path(str(resources.files("trqam_sdk.recipes") / benchmark))
 
 
-RECIPE_DIR = recipe_dir("ogbench")
-METHODS = ("bc", "qam", "qam_ext_kl", "trqam")
-"""bc: the BC prior evaluated as is; the other three fine-tune it (FinetuneConfig.method)"""
+PRIOR = "bc"
+"""the method name that evaluates the BC prior as is (every other registered method fine-tunes it)"""
 
 
-@dataclass
-class DataConfig:
-    source: Literal["official", "regenerate"] = "official"
-    """official: OGBench files (cache or dataset_dir); regenerate: play data from ogbench's oracles"""
-    dataset: str = ""
-    """file stem, e.g. cube-double-play-v0, or a multi-file release such as cube-triple-play-100m-v0"""
-    dataset_dir: str | None = None
-    """official: folder holding the files (default ~/.ogbench/data); regenerate: cache root"""
-    num_files: int | None = None
-    """multi-file releases: first N files sorted by name (the paper's 10M sets: 10 of the 100M release)"""
-    reward: Literal["default", "sparse"] = "default"
-    """sparse: -1 unless the whole task is solved (scene, puzzle; SPEC §6)"""
-    episodes: int = 100
-    """regenerate: play episodes (1000 transitions each at the official length)"""
-    episode_length: int = 1001
-    seed: int = 0
-    workers: int = 0
-    """regeneration processes (0: all cores)"""
+def finetuning_methods() -> list[str]:
+    """Registered methods that fine-tune the prior (built-in and plugins): every name but ``bc``."""
+    return [m for m in method_names() if m != PRIOR]
 
 
 @dataclass
 class EvalConfig:
+    """How a benchmark's policies are evaluated (every benchmark's recipe has one)."""
+
     episodes: int = 50
+    """episodes per evaluation (the success rate is reported with this count and a 95 % Wilson interval)"""
     every: int = 0
     """evaluate every N training steps for the success curve (0: only the prior and the final policy)"""
     max_steps: int | None = None
@@ -64,74 +53,40 @@ class EvalConfig:
 
 @dataclass(kw_only=True)
 class RecipeBase:
-    """What every recipe (OGBench, Robomimic) shares: the method knobs and the FinetuneConfig it derives."""
+    """What every recipe shares: the method knobs, the phases, evaluation and the FinetuneConfig it derives."""
 
-    ALLOWED_METHODS: ClassVar[tuple[str, ...]] = METHODS
     horizon: int = 5
     """H: 5 for manipulation, 1 for mazes"""
     seeds: list[int] = field(default_factory=lambda: list(range(8)))
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: ["bc", "qam", "qam_ext_kl", "trqam"])
+    """registered method names; ``bc`` evaluates the prior itself"""
     kl_budget: float = 0.5
     """ε for TRQAM and QAM + External KL (offline)"""
+    kl_budget_online: float | None = None
+    """ε from the start of the online phase (antmaze-giant: 3.0); None keeps ε"""
     qam_tau: float = 1.0
     """τ for QAM and QAM + External KL (Λ = 1/τ)"""
     bc_steps: int = 300_000
     offline_steps: int = 1_000_000
+    online_steps: int = 0
+    """environment steps of the offline-to-online phase (UTD 1); 0: offline only"""
     threads: int = 1
     """torch threads of the training process"""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """widths, critic, batch, flow steps...; method/steps/seed/ε are set per run from the fields above"""
+    eval: EvalConfig = field(default_factory=EvalConfig)
     paper: dict[str, Any] = field(default_factory=dict)
     """provenance only: the paper's numbers for this domain (not read by the runner)"""
 
     def finetune_config(self, method: str, seed: int, output_dir: str) -> FinetuneConfig:
-        """The run's FinetuneConfig: the recipe's with method, seed, steps and ε filled in."""
-        if method not in self.ALLOWED_METHODS or method == "bc":
-            fine = [m for m in self.ALLOWED_METHODS if m != "bc"]
-            raise ValueError(f"method {method!r} does not fine-tune; choose one of {fine}")
+        """The run's FinetuneConfig: the recipe's with method, seed, steps (offline + online) and ε filled in;
+        ε switches to ``kl_budget_online`` when the online phase starts."""
+        if method == PRIOR or method not in method_names():
+            raise ValueError(f"method {method!r} does not fine-tune; choose one of {finetuning_methods()}")
         cfg = copy.deepcopy(self.finetune)
-        cfg.method, cfg.seed, cfg.output_dir, cfg.qam_tau = method, seed, output_dir, self.qam_tau  # type: ignore
-        cfg.steps = self.offline_steps
-        cfg.trust_region.kl_budget = self.kl_budget
-        return cfg
-
-    def bc_prior(self, train: Any, seed: int, folder: Path, progress: bool = False) -> Any:
-        """The seed's MLP BC prior, trained once and cached as a policy folder: every method of the seed starts
-        from it, so methods are compared from the same policy."""
-        import torch
-
-        from trqam_sdk.adapters import load_policy
-        from trqam_sdk.adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
-        from trqam_sdk.training.finetuner import pretrain_bc
-
-        if (folder / "model.safetensors").is_file():
-            return load_policy(folder)
-        p = self.finetune.policy
-        torch.manual_seed(seed)
-        policy = MLPFlowPolicy(MLPPolicyConfig(train.obs_dim, self.horizon, train.action_dim, p.width, p.depth,
-                                               p.layer_norm))
-        pretrain_bc(policy, train, self.bc_steps, batch_size=self.finetune.batch_size, lr=self.finetune.lr,
-                    seed=seed, progress=progress)
-        policy.save_pretrained(folder)
-        return policy
-
-
-@dataclass(kw_only=True)
-class Recipe(RecipeBase):
-    domain: str
-    """OGBench env prefix: cube-double, scene, antmaze-large, ..."""
-    tasks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    kl_budget_online: float | None = None
-    """ε from the start of the online phase (antmaze-giant: 3.0); None keeps ε"""
-    online_steps: int = 0
-    """environment steps of the offline-to-online phase (UTD 1); 0: offline only"""
-    data: DataConfig = field(default_factory=DataConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-    def finetune_config(self, method: str, seed: int, output_dir: str) -> FinetuneConfig:
-        """Offline steps, then the online phase with its ε (a KL-budget schedule entry at the switch)."""
-        cfg = super().finetune_config(method, seed, output_dir)
+        cfg.method, cfg.seed, cfg.output_dir, cfg.qam_tau = method, seed, output_dir, self.qam_tau
         cfg.steps = self.offline_steps + self.online_steps
+        cfg.trust_region.kl_budget = self.kl_budget
         if self.online_steps and self.kl_budget_online is not None:
             cfg.trust_region.kl_budget_schedule = [(self.offline_steps, self.kl_budget_online)]
         return cfg
@@ -155,21 +110,23 @@ def parse_sets(sets: list[str] | None) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {p!r} was already set to a value, not a section")
         node[leaf] = yaml.safe_load(value)
     return out
 
 
-def recipe_path(name_or_path: str | Path) -> Path:
-    """A YAML path, or a domain name resolved in recipes/ogbench/."""
+def resolve_recipe(name_or_path: str | Path, folder: Path, what: str = "recipe") -> Path:
+    """A YAML path, or a recipe name resolved in ``folder``; a clear error listing the known names otherwise."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
-            raise FileNotFoundError(f"recipe file not found: {p}")
+            raise FileNotFoundError(f"{what} file not found: {p}")
         return p
-    p = RECIPE_DIR / f"{name_or_path}.yaml"
+    p = folder / f"{name_or_path}.yaml"
     if not p.is_file():
-        known = sorted(f.stem for f in RECIPE_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"no recipe {name_or_path!r}; known: {known}")
+        known = sorted(f.stem for f in folder.glob("*.yaml"))
+        raise FileNotFoundError(f"no {what} {str(name_or_path)!r} in {folder}; known: {known}")
     return p
 
 
@@ -177,22 +134,14 @@ def load_profiled[R: RecipeBase](cls: type[R], path: Path, profile: str,
                                  overrides: dict[str, Any] | None = None) -> R:
     """Build ``cls`` from a recipe YAML with ``profile``'s overrides (then ``overrides``) merged over it."""
     raw = yaml.safe_load(path.read_text()) or {}
-    profiles = raw.pop("profiles", {})
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a recipe is a mapping of fields, got {type(raw).__name__}")
+    profiles = raw.pop("profiles", {}) or {}
     if profile not in profiles:
         raise KeyError(f"{path}: no profile {profile!r}; it has {sorted(profiles)}")
     merged = deep_merge(deep_merge(raw, profiles[profile] or {}), overrides or {})
     recipe = from_dict(cls, merged, where=f"{path}[{profile}]")
-    bad = [m for m in recipe.methods if m not in cls.ALLOWED_METHODS]
+    bad = [m for m in recipe.methods if m not in method_names()]
     if bad:
-        raise ValueError(f"{path}: unknown methods {bad}; choose from {cls.ALLOWED_METHODS}")
+        raise ValueError(f"{path}: unknown methods {bad}; known methods: {method_names()}")
     return recipe
-
-
-def load_recipe(name_or_path: str | Path, profile: str = "cpu-small",
-                overrides: dict[str, Any] | None = None) -> Recipe:
-    """Load an OGBench recipe (a domain name in recipes/ogbench/ or a YAML path) with a profile."""
-    return load_profiled(Recipe, recipe_path(name_or_path), profile, overrides)
-
-
-def list_recipes() -> list[str]:
-    return sorted(f.stem for f in RECIPE_DIR.glob("*.yaml"))

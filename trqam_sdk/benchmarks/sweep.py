@@ -1,75 +1,94 @@
-"""`trqam sweep`: many (domain, task, method, seed) runs of recipes, resumable and shardable.
+"""Many (recipe, task, method, seed) runs of one benchmark, resumable and shardable.
 
-Finished runs (their ``result.json``) are skipped, so re-running the same command resumes. ``--shard i/n``
-splits the (domain, task, seed) groups over n independent processes; all methods of one group stay in one
-process because they share that seed's BC prior.
+Finished runs (their ``result.json``) are skipped, so re-running the same sweep resumes. A shard ``i/n`` takes
+every n-th (recipe, task, seed) group; all methods of one group stay in one process because they share that
+seed's BC prior.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from trqam_sdk.benchmarks.base import Benchmark
+from trqam_sdk.benchmarks.runner import run_dir, run_one
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    a = parser.add_argument
-    a("--recipes", nargs="+", required=True, help="domain names or YAML paths ('all': every recipe)")
-    a("--profile", default="cpu-small")
-    a("--tasks", type=int, nargs="*", default=None, help="default: each recipe's tasks")
-    a("--methods", nargs="*", default=None, help="default: each recipe's methods")
-    a("--seeds", type=int, nargs="*", default=None, help="default: each recipe's seeds")
-    a("--out", default="runs/ogbench")
-    a("--shard", default="0/1", help="i/n: run the i-th of n interleaved parts of the (domain, task, seed) groups")
-    a("--set", nargs="*", default=[], help="overrides applied to every recipe")
-    a("--keep-going", action="store_true", help="log a failed run and continue with the next")
-    parser.set_defaults(func=run)
+@dataclass(frozen=True)
+class Group:
+    """The runs that share one BC prior: every method of one (recipe, task, seed)."""
+
+    recipe: str
+    task: str
+    seed: int
+    methods: tuple[str, ...]
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, int, int, list[str]]]:
-    """[(recipe name, task, seed, methods)] groups in a fixed order (the same for every shard)."""
-    from trqam_sdk.benchmarks.recipes import list_recipes, load_recipe, parse_sets
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise ValueError(f"shard {text}: need 0 <= i < n")
+    return i, n
 
-    names = list_recipes() if args.recipes == ["all"] else args.recipes
+
+def plan(bench: Benchmark, recipes: list[str], profile: str, overrides: dict[str, Any] | None = None,
+         tasks: list[str] | None = None, methods: list[str] | None = None, seeds: list[int] | None = None
+         ) -> list[Group]:
+    """The groups of a sweep in a fixed order (the same for every shard); ``['all']``: every recipe."""
+    names = bench.recipe_names() if recipes == ["all"] else recipes
     groups = []
     for name in names:
-        r = load_recipe(name, args.profile, parse_sets(args.set))
-        for task in args.tasks or r.tasks:
-            for seed in r.seeds if args.seeds is None else args.seeds:
-                groups.append((name, task, seed, list(args.methods or r.methods)))
+        r = bench.load_recipe(name, profile, overrides)
+        for task in [bench.check_task(r, str(t)) for t in tasks] if tasks else bench.tasks(r):
+            for seed in r.seeds if seeds is None else seeds:
+                groups.append(Group(name, task, seed, tuple(methods or r.methods)))
     return groups
 
 
-def run(args: argparse.Namespace) -> int:
-    from trqam_sdk.benchmarks.ogbench.runner import run_dir, run_one
-    from trqam_sdk.benchmarks.recipes import load_recipe, parse_sets
-
-    i, n = (int(x) for x in args.shard.split("/"))
-    if not 0 <= i < n:
-        raise ValueError(f"--shard {args.shard}: need 0 <= i < n")
-    groups = plan(args)[i::n]
+def sweep(bench: Benchmark, groups: list[Group], out: str | Path, profile: str,
+          overrides: dict[str, Any] | None = None, keep_going: bool = False,
+          log: Callable[[str], None] = lambda s: print(s, flush=True)) -> int:
+    """Run ``groups`` in order; returns the number of failed runs (``keep_going``: logged to failures.log)."""
     failures = 0
-    for name, task, seed, methods in groups:
-        recipe = load_recipe(name, args.profile, parse_sets(args.set))
-        for method in methods:
+    for g in groups:
+        recipe = bench.load_recipe(g.recipe, profile, overrides)
+        name = f"{bench.domain(recipe)} task {g.task}"
+        for method in g.methods:
             t0 = time.perf_counter()
-            if (run_dir(args.out, recipe.domain, task, method, seed) / "result.json").is_file():
-                print(f"skip (done) {recipe.domain} task{task} {method} seed {seed}", flush=True)
+            if (run_dir(out, bench, recipe, g.task, method, g.seed) / "result.json").is_file():
+                log(f"skip (done) {name} {method} seed {g.seed}")
                 continue
             try:
-                res = run_one(recipe, task, method, seed, args.out, args.profile)
+                res = run_one(bench, recipe, g.task, method, g.seed, out, profile)
             except Exception:
-                if not args.keep_going:
+                if not keep_going:
                     raise
                 failures += 1
-                log = Path(args.out) / "failures.log"
-                log.parent.mkdir(parents=True, exist_ok=True)
-                with open(log, "a") as f:
-                    f.write(f"{recipe.domain} task{task} {method} seed {seed}\n{traceback.format_exc()}\n")
+                path = Path(out) / "failures.log"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a") as f:
+                    f.write(f"{name} {method} seed {g.seed}\n{traceback.format_exc()}\n")
+                log(f"FAILED {name} {method} seed {g.seed} (see {path})")
                 continue
             extra = {k: res[k] for k in ("kl_ema", "lam", "kl_budget") if k in res}
-            print(f"done {recipe.domain} task{task} {method} seed {seed}: success {res['success']:.3f} "
-                  f"{json.dumps(extra)} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return 1 if failures else 0
+            log(f"done {name} {method} seed {g.seed}: {describe(res)} {json.dumps(extra)} "
+                f"({time.perf_counter() - t0:.0f} s)")
+    return failures
+
+
+def describe(res: dict[str, Any]) -> str:
+    """'success 40.0% [23.7, 58.4] (n=30)' for a result (the rate alone for results without counts)."""
+    from trqam_sdk.rollout.stats import format_success
+
+    if "episodes" in res and "successes" in res:
+        return f"success {format_success(int(res['successes']), int(res['episodes']))}"
+    return f"success {100 * res['success']:.1f}%"

@@ -1,5 +1,8 @@
 """`trqam train`: fine-tune a saved policy on a transitions file with a YAML config (1 or N processes).
 
+``trqam train --data d.npz --config cfg.yaml --set trust_region.kl_budget=0.1``; ``--help`` lists every
+FinetuneConfig field.
+
 Multi-process on CPU: ``torchrun --nproc_per_node 2 -m trqam_sdk.cli train ...`` (gloo); on GPUs
 ``accelerate launch -m trqam_sdk.cli train ...``.
 """
@@ -7,13 +10,15 @@ Multi-process on CPU: ``torchrun --nproc_per_node 2 -m trqam_sdk.cli train ...``
 from __future__ import annotations
 
 import argparse
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from trqam_sdk.adapters.base import load_policy
 from trqam_sdk.adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
-from trqam_sdk.config import FinetuneConfig, from_dict, load_yaml, to_dict
+from trqam_sdk.cli.args import add_config_arguments, config_from_args, int_at_least
+from trqam_sdk.config import FinetuneConfig
 from trqam_sdk.data.transitions import Transitions
 from trqam_sdk.training.finetuner import Finetuner, pretrain_bc
 
@@ -23,27 +28,29 @@ def load_transitions(path: str | Path) -> Transitions:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"transitions file not found: {path}")
-    with np.load(path, allow_pickle=False) as f:
-        return Transitions.from_numpy(dict(f))
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = dict(f)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable .npz of transitions ({e})") from e
+    return Transitions.from_numpy(arrays)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML with FinetuneConfig fields")
     p.add_argument("--data", required=True, help="transitions .npz")
     p.add_argument("--policy", help="pretrained policy folder or Hub repo id (default: BC-pretrain an MLP)")
-    p.add_argument("--horizon", type=int, default=5, help="chunk length H when pretraining a new MLP prior")
-    p.add_argument("--bc-steps", type=int, default=1000)
-    p.add_argument("--output-dir", help="overrides the config's output_dir")
-    p.add_argument("--steps", type=int, help="overrides the config's steps")
+    p.add_argument("--horizon", type=int_at_least(1), default=5,
+                   help="chunk length H when pretraining a new MLP prior (>= 1)")
+    p.add_argument("--bc-steps", type=int_at_least(0), default=1000,
+                   help="BC steps when pretraining a new MLP prior (>= 0)")
+    add_config_arguments(p, FinetuneConfig, {"--output-dir": "output_dir", "--steps": "steps"})
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_yaml(FinetuneConfig, args.config) if args.config else FinetuneConfig()
-    overrides = {k: v for k, v in {"output_dir": args.output_dir, "steps": args.steps}.items() if v is not None}
-    cfg = from_dict(FinetuneConfig, {**to_dict(cfg), **overrides})
+    cfg = config_from_args(args, FinetuneConfig)
     data = load_transitions(args.data)
     if args.policy:
         policy = load_policy(args.policy)

@@ -5,6 +5,8 @@ Shapes: T flow steps, B states, D = H*A flattened chunk dims, K critics.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
@@ -30,15 +32,21 @@ def path_kl(v_ft: Tensor, v_ref: Tensor, g: Tensor, h: float, horizon: int) -> T
     return (w * (v_ft - v_ref).square().sum(dim=2)).sum(dim=0) / horizon
 
 
-def flow_matching_loss(v_pred: Tensor, x0: Tensor, x1: Tensor, weight: Tensor | None = None) -> Tensor:
+def flow_matching_loss(v_pred: Tensor, x0: Tensor, x1: Tensor, weight: Tensor | None = None,
+                       reduction: Literal["sum", "mean"] = "sum") -> Tensor:
     """BC flow matching: ||v(x_t, t) - (x1 - x0)||² summed over dims, averaged over rows.
 
-    ``weight`` (same shape as x1) masks padded chunk steps out of the sum.
+    ``weight`` (same shape as x1, or (B, 1) for whole-row weights) masks padded chunk steps out of the sum.
+    ``reduction="mean"`` divides by the D dims (the authors' ``mean`` over H·A, SPEC §3 step 8) — exactly the
+    ``sum`` loss / D, masked dims still counted in D, as theirs.
     """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     err = (v_pred - (x1 - x0)).square()
     if weight is not None:
         err = err * weight
-    return err.sum(dim=-1).mean()
+    loss = err.sum(dim=-1).mean()
+    return loss / err.shape[-1] if reduction == "mean" else loss
 
 
 def chunk_return(rewards: Tensor, discount: float) -> Tensor:

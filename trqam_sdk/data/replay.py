@@ -5,6 +5,7 @@ that already holds the offline data, and batches are drawn uniformly over the un
 mixed uniformly), one update per environment step (UTD 1). The buffer *is* a :class:`ChunkSampler`, so the
 Finetuner samples chunks from it exactly as from offline data, episode ends respected: rows of the episode
 still being collected treat the newest row as their end (chunks that reach past it are marked invalid).
+The env side (stepping the policy into the buffer) is :class:`trqam_sdk.rollout.online.OnlineCollector`.
 """
 
 from __future__ import annotations
@@ -59,35 +60,3 @@ class ReplayBuffer(ChunkSampler):
         self.episode_end[self.episode_start:self.size] = i  # the ongoing episode ends (for now) at row i
         if terminal:
             self.episode_start = self.size
-
-
-class OnlineCollector:
-    """Steps one env with the current policy, executing each sampled chunk open-loop, into a ReplayBuffer.
-
-    ``act_fn`` maps a (1, O) observation to a (1, H, A) chunk; ``sparse``: reward = success - 1 (SPEC §6's
-    scene/puzzle variant), else the env's own singletask reward.
-    """
-
-    def __init__(self, env: Any, act_fn: Any, buffer: ReplayBuffer, seed: int = 0, sparse: bool = False):
-        self.env, self.act_fn, self.buffer, self.sparse = env, act_fn, buffer, sparse
-        self.seed, self.episodes, self.successes, self.queue = seed, 0, 0, []
-        if hasattr(act_fn, "reseed"):  # a seeded sampler: the online phase replays exactly
-            act_fn.reseed(seed)
-        self.obs, _ = env.reset(seed=seed)
-
-    def step(self, _step: int | None = None) -> None:
-        if not self.queue:
-            chunk = self.act_fn(torch.as_tensor(np.asarray(self.obs, dtype=np.float32))[None])
-            self.queue = list(np.asarray(chunk.detach().cpu() if isinstance(chunk, Tensor) else chunk)[0])
-        action = np.clip(self.queue.pop(0), -1.0, 1.0)
-        next_obs, reward, terminated, truncated, info = self.env.step(action)
-        success = float(info.get("success", 0.0))
-        reward = success - 1.0 if self.sparse else float(reward)
-        done = bool(terminated or truncated)
-        self.buffer.add(self.obs, action, reward, 1.0 - float(terminated), done, next_obs)
-        self.obs = next_obs
-        if done:
-            self.episodes += 1
-            self.successes += int(success > 0)
-            self.queue = []
-            self.obs, _ = self.env.reset(seed=self.seed * 1_000_003 + self.episodes)

@@ -1,21 +1,21 @@
-"""The TRQAM agent: critic, concurrent BC reference, and the adjoint-matching actor loss (paper Algorithm 3).
+"""TRQAM (paper Algorithm 3) and its variants QAM and QAM + External KL, as registered methods.
 
-A method is a :class:`Method`: the temperature Λ that enters the SDE and an optional extra loss. QAM and
-QAM + External KL reuse every other piece unchanged.
+The agent holds the critic, the concurrently BC-trained base, its EMA reference and the adjoint-matching actor
+loss. A variant overrides one hook: :meth:`TRQAMAgent.temperature` (the Λ that enters the SDE),
+:meth:`TRQAMAgent.extra_loss` (added to the actor loss) and ``uses_dual`` (whether λ follows the dual).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from trqam_sdk.adapters.base import FlowPolicy, repeat_condition
+from trqam_sdk.adapters.base import FlowPolicy
 from trqam_sdk.config import FinetuneConfig
-from trqam_sdk.core.dual import DualState, dual_update
+from trqam_sdk.core.dual import DualState, budget_at, dual_update
 from trqam_sdk.core.flow import (
     lean_adjoint,
     memoryless_g,
@@ -24,61 +24,13 @@ from trqam_sdk.core.flow import (
     sample_ode,
     time_grid,
 )
-from trqam_sdk.core.losses import adjoint_matching_loss, critic_loss, flow_matching_loss, path_kl, td_target
+from trqam_sdk.core.losses import adjoint_matching_loss, critic_loss, path_kl, td_target
+from trqam_sdk.core.pytree import repeat_condition
+from trqam_sdk.core.targets import soft_update
+from trqam_sdk.methods.base import Agent, Noise
+from trqam_sdk.methods.bc import bc_flow_matching
+from trqam_sdk.methods.registry import register_method
 from trqam_sdk.networks.mlp import QEnsemble
-
-
-@dataclass(frozen=True)
-class Method:
-    """TRQAM (default): Λ = lam_scale · λ inside the SDE, λ by dual descent, no extra loss."""
-
-    lam_scale: float = 3.0
-    uses_dual: bool = True
-
-    def temperature(self, lam: Tensor) -> Tensor:
-        return self.lam_scale * lam
-
-    def extra_loss(self, kl: Tensor, lam: Tensor) -> Tensor:
-        return kl.new_zeros(())
-
-
-@dataclass(frozen=True)
-class QAM(Method):
-    """QAM: fixed Λ = 1/τ, λ frozen (SPEC §4)."""
-
-    tau: float = 1.0
-    uses_dual: bool = False
-
-    def temperature(self, lam: Tensor) -> Tensor:
-        return lam.new_tensor(1.0 / self.tau)
-
-
-@dataclass(frozen=True)
-class QAMExternalKL(QAM):
-    """QAM + External KL: fixed Λ = 1/τ, and λ_ext · D̂ added to the loss with λ_ext by the same dual."""
-
-    uses_dual: bool = True
-
-    def extra_loss(self, kl: Tensor, lam: Tensor) -> Tensor:
-        return lam * kl.mean()
-
-
-def make_method(cfg: FinetuneConfig) -> Method:
-    if cfg.method == "trqam":
-        return Method(lam_scale=cfg.trust_region.lam_scale)
-    if cfg.method == "qam":
-        return QAM(tau=cfg.qam_tau)
-    if cfg.method == "qam_ext_kl":
-        return QAMExternalKL(tau=cfg.qam_tau)
-    raise ValueError(f"unknown method {cfg.method!r}; choose trqam, qam or qam_ext_kl")
-
-
-@torch.no_grad()
-def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """target ← (1 - τ) target + τ source, over parameters and floating buffers."""
-    t = [p for p in target.parameters()] + [b for b in target.buffers() if b.is_floating_point()]
-    s = [p.detach() for p in source.parameters()] + [b for b in source.buffers() if b.is_floating_point()]
-    torch._foreach_lerp_(t, s, tau)
 
 
 def terminal_adjoint(critic: nn.Module, obs: Any, x: Tensor, horizon: int) -> Tensor:
@@ -91,20 +43,24 @@ def terminal_adjoint(critic: nn.Module, obs: Any, x: Tensor, horizon: int) -> Te
     return -grad
 
 
-class TRQAMAgent(nn.Module):
+@register_method("trqam")
+class TRQAMAgent(Agent):
     """Holds v_θ (``actor``), the BC-trained base, its EMA reference, the critic ensemble and its target.
 
-    ``forward`` returns the summed loss of one update and its metrics, so that the whole update runs
-    inside one DDP forward/backward. ``lam`` and ``kl_ema`` are buffers: checkpointed state.
+    ``loss`` returns the summed loss of one update and its metrics, so that the whole update runs inside one
+    DDP forward/backward. ``lam`` and ``kl_ema`` are buffers: checkpointed state.
     """
 
+    uses_dual: bool = True
+    """λ follows the projected dual descent (TRQAM; λ_ext for QAM + External KL); False freezes it (QAM)"""
+    progress_keys = ("dual/kl_ema", "dual/lam", "critic/loss")
     reuse_rollout_velocity: bool = True
     """Keep v_θ(x_i, t_i) from the SDE rollout (with its graph) for the loss instead of re-evaluating it on
     the trajectory, and reuse the rollout's last reference step: identical values, fewer passes."""
 
     def __init__(self, actor: FlowPolicy, base: FlowPolicy, critic: QEnsemble | nn.Module, cfg: FinetuneConfig):
         super().__init__()
-        self.cfg, self.method = cfg, make_method(cfg)
+        self.cfg, self.flow_steps = cfg, cfg.flow_steps
         self.spec = actor.spec
         self.actor, self.base, self.critic = actor, base, critic
         self.ref = copy.deepcopy(base).requires_grad_(False)
@@ -117,11 +73,34 @@ class TRQAMAgent(nn.Module):
         self.register_buffer("lam", torch.tensor(tr.lam_init, dtype=torch.float64))
         self.register_buffer("kl_ema", torch.tensor(0.0, dtype=torch.float64))
 
-    # -- randomness: drawn by the caller from a (seed, step) generator, so runs replay exactly ---------
-    def noise_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+    @classmethod
+    def build(cls, cfg: FinetuneConfig, policy: FlowPolicy, data: Any, critic: nn.Module | None = None) -> Agent:
+        """v_θ and the base start as copies of the prior; the critic is a Q ensemble over [obs, chunk] unless
+        given (a VLA passes one with an observation encoder)."""
+        c = cfg.critic
+        critic = critic or QEnsemble(data.obs_dim, policy.spec.flat_dim, c.num_critics, c.width, c.depth,
+                                     c.layer_norm, init=cfg.conventions.init)
+        return cls(copy.deepcopy(policy), copy.deepcopy(policy), critic, cfg)
+
+    # -- the hooks a variant overrides -----------------------------------------------------------------------
+    def temperature(self) -> Tensor:
+        """Λ of the tilt π_ref · exp(Q / Λ): TRQAM's Λ = lam_scale · λ (SPEC §3.4)."""
+        return (self.cfg.trust_region.lam_scale * self.lam).float()
+
+    def extra_loss(self, kl: Tensor) -> Tensor:
+        """Added to the adjoint-matching loss (per-row path KL ``kl``); TRQAM adds nothing."""
+        return kl.new_zeros(())
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """A frozen reference (and its unused base) never changes: the prior rebuilds it on resume."""
+        return ("base.", "ref.") if self.cfg.reference == "frozen" else ()
+
+    # -- randomness: drawn by the finetuner from the (seed, step) generator, so runs replay exactly -----
+    def noise_spec(self, batch: int) -> dict[str, Noise]:
+        """x0 and the SDE increments of the rollout, the target ODE's x0 at s', the BC noise and times."""
         d, t = self.spec.flat_dim, self.cfg.flow_steps
-        return {"x0": (batch, d), "sde": (t - 1, batch, d), "target_x0": (batch, d), "bc_x0": (batch, d),
-                "bc_t": (batch,)}
+        return {"x0": Noise((batch, d)), "sde": Noise((t - 1, batch, d), batch_dim=1),
+                "target_x0": Noise((batch, d)), "bc_x0": Noise((batch, d)), "bc_t": Noise((batch,), "uniform")}
 
     # -- the three losses --------------------------------------------------------------------------------
     def critic_objective(self, batch: dict[str, Tensor],
@@ -136,16 +115,12 @@ class TRQAMAgent(nn.Module):
                 batch["actions"])), c.discount, c.rho)
         q = self.critic(batch["observations"], batch["actions"])
         loss = critic_loss(q, y, batch["valid"])
-        return loss, {"critic/critic_loss": loss.detach(), "critic/q_mean": q.detach().mean(),
+        return loss, {"critic/loss": loss.detach(), "critic/q_mean": q.detach().mean(),
                       "critic/target_mean": y.mean()}
 
     def bc_objective(self, batch: dict[str, Tensor], x0: Tensor, t: Tensor) -> Tensor:
-        """Flow matching of the base on dataset chunks, padded steps masked out."""
-        x1 = batch["actions"].flatten(1)
-        xt = (1.0 - t[:, None]) * x0 + t[:, None] * x1
-        v = self.base.velocity(self.base.condition(batch["observations"]), xt, t)
-        weight = batch["valid_steps"].repeat_interleave(self.spec.action_dim, dim=1)
-        return flow_matching_loss(v, x0, x1, weight)
+        """Flow matching of the base on dataset chunks (the BC method's loss), padded steps masked out."""
+        return bc_flow_matching(self.base, batch, x0, t, self.cfg.conventions)
 
     def actor_objective(self, obs: Any, x0: Tensor, sde_noise: Tensor) -> tuple[Tensor, Tensor, dict]:
         """Algorithm 3's policy update: SDE rollout (12), lean adjoint (13), adjoint matching (14), KL (15).
@@ -166,7 +141,7 @@ class TRQAMAgent(nn.Module):
         adj = lean_adjoint(v_ref, xs[:-1], a_T)                                    # (13)
 
         g = memoryless_g(ts, h)
-        sigma = g / torch.sqrt(self.method.temperature(self.lam).float())
+        sigma = g / torch.sqrt(self.temperature())
         if self.reuse_rollout_velocity:
             with torch.no_grad():
                 head = [self.ref.velocity(repeat_condition(cond_ref, T - 1), xs[:T - 1].reshape(-1, D),
@@ -179,13 +154,13 @@ class TRQAMAgent(nn.Module):
                 vr = self.ref.velocity(repeat_condition(cond_ref, T), x_flat, t_flat).view(T, B, D)
         adj_loss = adjoint_matching_loss(vf, vr, adj, sigma).mean()               # (14)
         kl = path_kl(vf, vr, g, h, self.spec.horizon)                              # (15)
-        loss = adj_loss + self.method.extra_loss(kl, self.lam.float())
+        loss = adj_loss + self.extra_loss(kl)
         metrics = {"actor/adj_loss": adj_loss.detach(), "actor/adjoint_norm": a_T.norm(dim=-1).mean(),
                    "actor/action_abs": xs[-1].abs().mean()}
         return loss, kl.detach().mean(), metrics
 
-    def forward(self, batch: dict[str, Tensor], noise: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict]:
-        """Total loss of one update, the batch path-KL D̂ (for the dual), and metrics."""
+    def loss(self, batch: dict[str, Any], noise: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss of one update (critic + BC of the base + actor) and its metrics, incl. the batch D̂."""
         q_loss, metrics = self.critic_objective(batch, noise["target_x0"])
         if self.cfg.reference == "ema":
             bc_loss = self.bc_objective(batch, noise["bc_x0"], noise["bc_t"])
@@ -194,7 +169,8 @@ class TRQAMAgent(nn.Module):
         adj_loss, kl, actor_metrics = self.actor_objective(batch["observations"], noise["x0"], noise["sde"])
         metrics.update(actor_metrics)
         metrics["actor/bc_loss"] = bc_loss.detach()
-        return q_loss + bc_loss + adj_loss, kl, metrics
+        metrics["actor/path_kl"] = kl
+        return q_loss + bc_loss + adj_loss, metrics
 
     # -- after the optimiser step ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -202,6 +178,10 @@ class TRQAMAgent(nn.Module):
         soft_update(self.target_critic, self.critic, self.cfg.critic.target_tau)
         if self.cfg.reference == "ema":
             soft_update(self.ref, self.base, self.cfg.reference_tau)
+
+    def kl_budget(self, step: int) -> float:
+        tr = self.cfg.trust_region
+        return budget_at(step, tr.kl_budget, tr.kl_budget_schedule)
 
     @torch.no_grad()
     def dual_step(self, kl_hat: float, kl_budget: float) -> None:
@@ -211,9 +191,34 @@ class TRQAMAgent(nn.Module):
                             lam_lr=tr.lam_lr, ema_rate=tr.ema_rate, kl_clip_mult=tr.kl_clip_mult,
                             lam_min=tr.lam_min, lam_max=tr.lam_max)
         self.kl_ema.fill_(state.kl_ema)
-        if self.method.uses_dual:
+        if self.uses_dual:
             self.lam.fill_(state.lam)
 
-    def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Evaluation policy: ODE sample of v_θ, clipped to the box, as (B, H, A) chunks."""
-        return self.actor.sample(obs, self.cfg.flow_steps, generator)
+    def after_step(self, metrics: dict[str, float], step: int) -> None:
+        """EMA targets, then the dual step on this step's process-averaged D̂ (SPEC §3.7–8)."""
+        self.update_targets()
+        self.dual_step(metrics["actor/path_kl"], self.kl_budget(step))
+
+    def status(self, step: int) -> dict[str, float]:
+        return {"dual/kl_ema": float(self.kl_ema), "dual/lam": float(self.lam),
+                "dual/kl_budget": self.kl_budget(step)}
+
+
+@register_method("qam")
+class QAMAgent(TRQAMAgent):
+    """QAM: fixed Λ = 1/τ (τ = ``qam_tau``, QAM's inverse temperature), λ frozen (SPEC §4)."""
+
+    uses_dual = False
+
+    def temperature(self) -> Tensor:
+        return self.lam.new_tensor(1.0 / self.cfg.qam_tau).float()
+
+
+@register_method("qam_ext_kl")
+class QAMExternalKLAgent(QAMAgent):
+    """QAM + External KL: fixed Λ = 1/τ, and λ_ext · D̂ added to the loss, λ_ext by the same dual (SPEC §4)."""
+
+    uses_dual = True
+
+    def extra_loss(self, kl: Tensor) -> Tensor:
+        return self.lam.float() * kl.mean()

@@ -13,11 +13,9 @@ Only matmuls count, so time spent in GELU / LayerNorm / Adam / Python lowers uti
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,9 +26,9 @@ from torch import Tensor
 
 from trqam_sdk.adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
 from trqam_sdk.config import CriticConfig, FinetuneConfig, PolicyConfig
-from trqam_sdk.methods.trqam import TRQAMAgent
+from trqam_sdk.data.transitions import Transitions
 from trqam_sdk.networks import mlp as networks
-from trqam_sdk.networks.mlp import QEnsemble
+from trqam_sdk.training.finetuner import Finetuner
 
 
 @dataclass(frozen=True)
@@ -59,57 +57,64 @@ CONFIGS: dict[str, BenchConfig] = {
 # -- problem construction ---------------------------------------------------------------------------------
 @dataclass
 class Problem:
-    """An agent, its optimiser and one fixed batch + noise (the update is timed on the same inputs)."""
+    """A Finetuner and one fixed batch + noise of its own drawing: the update timed is the finetuner's own step
+    (``Finetuner.update``: forward, backward, clip, all-reduce, Adam, EMA targets, dual)."""
 
-    agent: TRQAMAgent
-    optimizer: torch.optim.Optimizer
-    params: list[Tensor]
-    batch: dict[str, Tensor]
+    ft: Finetuner
+    batch: dict[str, Any]
     noise: dict[str, Tensor]
-    cfg: FinetuneConfig
+
+    @property
+    def agent(self) -> Any:
+        return self.ft.agent
+
+    @property
+    def cfg(self) -> FinetuneConfig:
+        return self.ft.cfg
 
 
-def finetune_config(bc: BenchConfig) -> FinetuneConfig:
+def finetune_config(bc: BenchConfig, output_dir: str) -> FinetuneConfig:
     return FinetuneConfig(
-        flow_steps=bc.flow_steps, batch_size=bc.batch, trackers=[],
+        flow_steps=bc.flow_steps, batch_size=bc.batch, trackers=[], output_dir=output_dir,
         policy=PolicyConfig(width=bc.width, depth=bc.depth, layer_norm=bc.actor_layer_norm),
         critic=CriticConfig(num_critics=bc.num_critics, width=bc.width, depth=bc.depth,
                             layer_norm=bc.critic_layer_norm))
 
 
-def build_problem(bc: BenchConfig, seed: int = 0, fused_adam: bool = False) -> Problem:
-    """The finetuner's agent and Adam (same construction) on random data of the configured shapes."""
+def random_transitions(obs_dim: int, action_dim: int, rows: int, episode: int, seed: int = 0) -> Transitions:
+    """Random data of the benchmarked shapes (episodes of ``episode`` rows), for timing only."""
     g = torch.Generator().manual_seed(seed)
+    terminals = torch.zeros(rows)
+    terminals[episode - 1::episode] = 1.0
+    return Transitions(observations=torch.randn(rows, obs_dim, generator=g),
+                       actions=torch.rand(rows, action_dim, generator=g) * 2 - 1,
+                       rewards=-torch.rand(rows, generator=g), masks=torch.ones(rows), terminals=terminals,
+                       next_observations=torch.randn(rows, obs_dim, generator=g))
+
+
+def build_problem(bc: BenchConfig, seed: int = 0, fused_adam: bool = False, output_dir: str | None = None) -> Problem:
+    """A Finetuner (its own agent and Adam) on random data of the configured shapes, and step 0's batch."""
     torch.manual_seed(seed)
-    cfg = finetune_config(bc)
+    out = output_dir or tempfile.mkdtemp(prefix="trqam-bench-")
     prior = MLPFlowPolicy(MLPPolicyConfig(bc.obs_dim, bc.horizon, bc.action_dim, bc.width, bc.depth,
                                           bc.actor_layer_norm))
-    critic = QEnsemble(bc.obs_dim, bc.horizon * bc.action_dim, bc.num_critics, bc.width, bc.depth,
-                       bc.critic_layer_norm)
-    agent = TRQAMAgent(copy.deepcopy(prior), copy.deepcopy(prior), critic, cfg)
-    params = [p for p in agent.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=fused_adam or None,
-                                 foreach=None if fused_adam else True)
-    b, h, a, o = bc.batch, bc.horizon, bc.action_dim, bc.obs_dim
-    batch = {"observations": torch.randn(b, o, generator=g),
-             "actions": torch.rand(b, h, a, generator=g) * 2 - 1,
-             "rewards": -torch.rand(b, h, generator=g), "masks": torch.ones(b), "valid": torch.ones(b),
-             "valid_steps": torch.ones(b, h), "next_observations": torch.randn(b, o, generator=g)}
-    noise = {k: torch.randn(s, generator=g) for k, s in agent.noise_shapes(b).items() if k != "bc_t"}
-    noise["bc_t"] = torch.rand(b, generator=g)
-    return Problem(agent, optimizer, params, batch, noise, cfg)
+    data = random_transitions(bc.obs_dim, bc.action_dim, rows=max(4 * bc.batch, 64), episode=32, seed=seed)
+    ft = Finetuner(finetune_config(bc, out), prior, data)
+    if fused_adam:
+        params = [p for p in ft.agent.parameters() if p.requires_grad]
+        ft.optimizer = torch.optim.Adam(params, lr=ft.cfg.lr, fused=True)
+    return build_problem_from(ft)
+
+
+def build_problem_from(ft: Finetuner) -> Problem:
+    """Time ``ft``'s update on its step-0 batch and noise."""
+    batch, noise = ft.shard(0)
+    return Problem(ft, batch, noise)
 
 
 def train_step(p: Problem) -> float:
-    """One full update, as ``Finetuner.train_step`` does it; returns the loss."""
-    loss, kl, _ = p.agent(p.batch, p.noise)
-    p.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(p.params, p.cfg.grad_clip)
-    p.optimizer.step()
-    p.agent.update_targets()
-    p.agent.dual_step(float(kl), p.cfg.trust_region.kl_budget)
-    return float(loss.detach())
+    """One full update, exactly the finetuner's (``Finetuner.update``); returns the loss."""
+    return p.ft.update(p.batch, p.noise)["train/loss"]
 
 
 # -- FLOP accounting --------------------------------------------------------------------------------------
@@ -273,34 +278,3 @@ def _load_avg() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except (OSError, AttributeError):
         return None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--steps", type=int, default=7, help="timed updates per config (median reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed updates first")
-    parser.add_argument("--configs", default="paper,small", help=f"comma list of {sorted(CONFIGS)}")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--no-count", action="store_true", help="skip the FlopCounterMode check")
-    parser.add_argument("--no-compile", action="store_true",
-                        help="eager MLP/ensemble forwards (default: torch.compile, as TRQAM_COMPILE=1 does)")
-    parser.add_argument("--fused-adam", action="store_true",
-                        help="Adam(fused=True) instead of the finetuner's default (foreach) Adam")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    res = run_bench([c.strip() for c in args.configs.split(",") if c.strip()], args.steps, args.warmup,
-                    args.threads or None, not args.no_count, not args.no_compile, args.fused_adam)
-    if args.json:
-        print(json.dumps(res))
-        return 0
-    print(f"torch {res['torch']}, {res['threads']} threads, compile={res['compile']}, "
-          f"fp32 GEMM peak {res['peak_gflops']:.1f} GFLOP/s, load {res['load_avg']}")
-    print(f"{'config':<8} {'ms/step':>9} {'GFLOP/step':>11} {'counted':>9} {'GFLOP/s':>9} {'util':>6}")
-    for name, r in res.items():
-        if isinstance(r, dict) and "ms_per_step" in r:
-            counted = f"{r['flops_counted'] / 1e9:9.3f}" if "flops_counted" in r else f"{'-':>9}"
-            print(f"{name:<8} {r['ms_per_step']:9.1f} {r['flops_per_step'] / 1e9:11.3f} {counted} "
-                  f"{r['gflops_per_s']:9.1f} {r['utilization']:6.3f}")
-    return 0

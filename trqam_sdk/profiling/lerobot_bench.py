@@ -10,9 +10,6 @@ the backward entry is the rest of the update (backward, grad clip, EMA targets, 
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
 import statistics
 import tempfile
 import time
@@ -22,18 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kinds", nargs="+", default=["pi0", "pi05", "smolvla"], choices=["pi0", "pi05", "smolvla"])
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--flow-steps", type=int, default=10)
-    p.add_argument("--chunk-size", type=int, default=50, help="the models' chunk length (lerobot's default 50)")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.set_defaults(func=run)
 
 
 def _timed(fn: Callable[..., Any], log: dict[str, float], key: str) -> Callable[..., Any]:
@@ -49,34 +34,38 @@ def bench_kind(kind: str, batch: int, flow_steps: int, chunk: int, image: int, r
     """Median sample / update times (ms), their ratio, and the update's breakdown (ms)."""
     from trqam_sdk.adapters.lerobot import LEROBOT_ADAPTERS
     from trqam_sdk.config import CriticConfig, FinetuneConfig
+    from trqam_sdk.data.transitions import Transitions
     from trqam_sdk.methods import trqam as trqam_mod
-    from trqam_sdk.methods.trqam import TRQAMAgent
     from trqam_sdk.networks.encoders import vla_critic
-    from trqam_sdk.profiling.bench import Problem, train_step
+    from trqam_sdk.profiling.bench import build_problem_from, train_step
     from trqam_sdk.testing.tiny_lerobot import IMAGE_KEY, build_tiny_lerobot
+    from trqam_sdk.training.finetuner import Finetuner
 
     with tempfile.TemporaryDirectory() as tmp:
         policy, pre, post = build_tiny_lerobot(kind, Path(tmp), chunk_size=chunk, image_size=image)
     adapter = LEROBOT_ADAPTERS[kind](policy, pre, post)
     g = torch.Generator().manual_seed(0)
 
-    def obs() -> dict[str, torch.Tensor]:
-        raw = {IMAGE_KEY: torch.rand(batch, 3, image, image, generator=g),
-               "observation.state": torch.randn(batch, 4, generator=g), "task": ["pick the cube"] * batch}
+    def obs(n: int) -> dict[str, torch.Tensor]:
+        raw = {IMAGE_KEY: torch.rand(n, 3, image, image, generator=g),
+               "observation.state": torch.randn(n, 4, generator=g), "task": ["pick the cube"] * n}
         return {k: v for k, v in pre(raw).items() if k.startswith("observation.") and isinstance(v, torch.Tensor)}
 
-    cfg = FinetuneConfig(flow_steps=flow_steps, batch_size=batch, reference="frozen",
-                         critic=CriticConfig(num_critics=2, width=128, depth=2))
-    agent = TRQAMAgent(copy.deepcopy(adapter), copy.deepcopy(adapter), vla_critic(adapter, 2, 128, 2), cfg)
-    params = [p for p in agent.parameters() if p.requires_grad]
     h, a = adapter.spec.horizon, adapter.spec.action_dim
-    batch_data = {"observations": obs(), "next_observations": obs(),
-                  "actions": torch.rand(batch, h, a, generator=g) * 2 - 1, "rewards": torch.randn(batch, h),
-                  "masks": torch.ones(batch), "valid": torch.ones(batch), "valid_steps": torch.ones(batch, h)}
-    noise = {k: torch.randn(s, generator=g) for k, s in agent.noise_shapes(batch).items() if k != "bc_t"}
-    noise["bc_t"] = torch.rand(batch, generator=g)  # BC flow times in [0, 1]
-    # the update timed is bench.train_step, the same full update (clip, Adam, EMA targets, dual) as `trqam bench`
-    problem = Problem(agent, torch.optim.Adam(params, lr=1e-4), params, batch_data, noise, cfg)
+    rows = max(2 * batch, 8)
+    o, o_next = obs(rows), obs(rows)
+    terminals = torch.zeros(rows)
+    terminals[-1] = 1.0
+    data = Transitions(observations=o, actions=torch.rand(rows, a, generator=g) * 2 - 1,
+                       rewards=torch.randn(rows, generator=g), masks=torch.ones(rows), terminals=terminals,
+                       next_observations=o_next)
+    cfg = FinetuneConfig(flow_steps=flow_steps, batch_size=batch, reference="frozen", trackers=[],
+                         output_dir=tempfile.mkdtemp(prefix="trqam-lerobot-bench-"),
+                         critic=CriticConfig(num_critics=2, width=128, depth=2))
+    # the update timed is the finetuner's own step (clip, Adam, EMA targets, dual), as in `trqam bench`
+    problem = build_problem_from(Finetuner(cfg, adapter, data, critic=vla_critic(adapter, 2, 128, 2)))
+    agent = problem.agent
+    batch_data = problem.batch
 
     def sample() -> None:
         agent.act(batch_data["observations"], torch.Generator().manual_seed(1))
@@ -91,7 +80,7 @@ def bench_kind(kind: str, batch: int, flow_steps: int, chunk: int, image: int, r
         train_step(problem)
 
     agent.forward = _timed(agent.forward, parts, "forward")
-    problem.optimizer.step = _timed(problem.optimizer.step, parts, "optimizer")
+    problem.ft.optimizer.step = _timed(problem.ft.optimizer.step, parts, "optimizer")
     for name, fn in originals.items():
         setattr(trqam_mod, name, _timed(fn, parts, labels[name]))
     for model in (agent.actor, agent.ref, agent.base):
@@ -120,21 +109,3 @@ def bench_kind(kind: str, batch: int, flow_steps: int, chunk: int, image: int, r
     return {"kind": kind, "sample_ms": round(s, 2), "update_ms": round(u, 2), "ratio": round(u / s, 2),
             "breakdown_ms": {k: round(v, 2) for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])},
             "batch": batch, "flow_steps": flow_steps, "chunk": [h, a], "image": image}
-
-
-def run(args: argparse.Namespace) -> int:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        rows = [bench_kind(k, args.batch_size, args.flow_steps, args.chunk_size, args.image_size, args.repeats)
-                for k in args.kinds]
-    finally:
-        torch.set_num_threads(threads)
-    if args.json:
-        print(json.dumps({"threads": args.threads, "results": rows}, indent=2))
-        return 0
-    for r in rows:
-        parts = ", ".join(f"{k} {v:.1f}" for k, v in r["breakdown_ms"].items())
-        print(f"{r['kind']:8s} sample {r['sample_ms']:8.1f} ms  update {r['update_ms']:8.1f} ms  "
-              f"ratio {r['ratio']:5.2f}x   [{parts}]")
-    return 0

@@ -1,15 +1,15 @@
-"""Success-rate evaluation of a chunked policy in an OGBench singletask env (SPEC §6).
+"""Success-rate evaluation of a chunked policy in any env built by a benchmark's env factory.
 
-The policy is called once per chunk and the whole chunk is executed open-loop, as in the paper. Episodes
-run in a small spawn-started process pool (one env per worker, torch limited to one thread each), so two
-cores evaluate two episodes at once; ``workers=1`` runs in-process.
+The policy is called once per chunk and the whole chunk is executed open-loop, as in the paper (the loop is
+:func:`trqam_sdk.rollout.episode.run_episode`). Episodes run in a small spawn-started process pool (one env per
+worker, torch limited to one thread each), so two cores evaluate two episodes at once; ``workers=1`` runs
+in-process. Every result carries its episode count, success count and 95 % Wilson interval.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,9 +17,8 @@ import torch
 from torch import Tensor
 
 from trqam_sdk.adapters.base import FlowPolicy
-
-ActFn = Callable[[Tensor], Tensor]
-"""obs (1, O) float32 -> action chunk (1, H, A) in [-1, 1]"""
+from trqam_sdk.rollout.episode import ActFn, EnvFactory, run_episode
+from trqam_sdk.rollout.stats import wilson_interval
 
 
 class FlowActor:
@@ -39,34 +38,12 @@ class FlowActor:
         return self.policy.sample(obs, self.flow_steps, self.generator)
 
 
-def run_episode(env: Any, act_fn: ActFn, seed: int) -> dict[str, float]:
-    """One episode; success is ``info['success']`` of the last step (the env terminates at the goal)."""
-    if hasattr(act_fn, "reseed"):
-        act_fn.reseed(seed)
-    ob, info = env.reset(seed=seed)
-    done, success, ret, length = False, 0.0, 0.0, 0
-    while not done:
-        chunk = act_fn(torch.as_tensor(np.asarray(ob, dtype=np.float32))[None])
-        chunk = np.asarray(chunk.detach().cpu().numpy() if isinstance(chunk, Tensor) else chunk)
-        if chunk.ndim != 3 or chunk.shape[0] != 1:
-            raise ValueError(f"act_fn must return a (1, H, A) chunk, got shape {chunk.shape}")
-        for action in chunk[0]:
-            ob, reward, terminated, truncated, info = env.step(np.clip(action, -1.0, 1.0))
-            ret, length = ret + float(reward), length + 1
-            success = max(success, float(info.get("success", 0.0)))
-            done = terminated or truncated
-            if done:
-                break
-    return {"success": success, "return": ret, "length": float(length)}
-
-
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(env_name: str, act_fn: ActFn, env_kwargs: dict[str, Any],
-                 env_factory: Callable[[], Any] | None = None) -> None:
+def _init_worker(env_factory: EnvFactory, act_fn: ActFn) -> None:
     torch.set_num_threads(1)
-    _WORKER["env"] = env_factory() if env_factory is not None else _make_env(env_name, env_kwargs)
+    _WORKER["env"] = env_factory()
     _WORKER["act_fn"] = act_fn
 
 
@@ -74,55 +51,63 @@ def _worker_episode(seed: int) -> dict[str, float]:
     return run_episode(_WORKER["env"], _WORKER["act_fn"], seed)
 
 
-def _make_env(env_name: str, env_kwargs: dict[str, Any]) -> Any:
-    import gymnasium
-    import ogbench  # noqa: F401  (registers the envs)
+def episode_seeds(seed: int, episodes: int) -> list[int]:
+    """Env seeds of an evaluation: ``100000 seed + i``, whatever the worker count, so every policy evaluated
+    with the same ``seed`` meets the same initial states (a paired comparison)."""
+    return [seed * 100_000 + i for i in range(episodes)]
 
-    return gymnasium.make(env_name, **env_kwargs)
+
+def summarize(results: list[dict[str, float]]) -> dict[str, float]:
+    """Per-episode results -> success rate with its count and 95 % Wilson interval, mean return and length."""
+    if not results:
+        raise ValueError("no episodes to summarise")
+    successes = int(sum(r["success"] > 0 for r in results))
+    lo, hi = wilson_interval(successes, len(results))
+    return {
+        "success_rate": successes / len(results),
+        "successes": float(successes),
+        "episodes": float(len(results)),
+        "ci95_low": lo,
+        "ci95_high": hi,
+        "mean_return": float(np.mean([r["return"] for r in results])),
+        "mean_length": float(np.mean([r["length"] for r in results])),
+    }
 
 
-def evaluate(
-    act_fn: ActFn,
-    env_name: str = "cube-single-singletask-task1-v0",
-    episodes: int = 10,
-    seed: int = 0,
-    workers: int | None = None,
-    progress: bool = False,
-    env_kwargs: dict[str, Any] | None = None,
-    env_factory: Callable[[], Any] | None = None,
-) -> dict[str, float]:
-    """Mean success rate (and return, length) over ``episodes`` seeded episodes.
+def evaluate(act_fn: ActFn, env_factory: EnvFactory, episodes: int = 10, seed: int = 0, workers: int | None = None,
+             progress: bool = False, desc: str = "eval") -> dict[str, float]:
+    """Success over ``episodes`` seeded episodes in envs from ``env_factory`` (see :func:`summarize`).
 
-    ``act_fn`` must be picklable when ``workers > 1`` (e.g. :class:`FlowActor`). Episode ``i`` uses env
-    seed ``100000 seed + i`` whatever the worker count, so results do not depend on how the pool splits them.
-    ``env_factory`` (picklable, e.g. robomimic_env.RobomimicEnvFactory) builds a non-OGBench env instead;
-    it must follow the gymnasium reset/step API and report ``info["success"]``.
+    ``env_factory`` and ``act_fn`` must be picklable when ``workers > 1`` (e.g. :class:`FlowActor` and a
+    benchmark's factory dataclass); the env follows the gymnasium reset/step API and reports ``info["success"]``.
     """
     from tqdm.auto import tqdm
 
-    env_kwargs = dict(env_kwargs or {})
-    seeds = [seed * 100_000 + i for i in range(episodes)]
+    if not callable(env_factory):
+        raise TypeError(f"env_factory must be a zero-argument callable that builds an env, got {env_factory!r}")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    seeds = episode_seeds(seed, episodes)
     workers = max(1, min(workers or os.cpu_count() or 1, episodes))
     results: list[dict[str, float]] = []
-    bar = tqdm(total=episodes, desc=f"eval {env_name}", unit="ep", disable=not progress)
+    bar = tqdm(total=episodes, desc=desc, unit="ep", disable=not progress)
+
+    def add(r: dict[str, float]) -> None:
+        results.append(r)
+        bar.update(1)
+        bar.set_postfix(success=f"{np.mean([x['success'] for x in results]):.2f}")
+
     if workers == 1:
-        env = env_factory() if env_factory is not None else _make_env(env_name, env_kwargs)
-        for s in seeds:
-            results.append(run_episode(env, act_fn, s))
-            bar.update(1)
-            bar.set_postfix(success=f"{np.mean([x['success'] for x in results]):.2f}")
-        env.close()
+        env = env_factory()
+        try:
+            for s in seeds:
+                add(run_episode(env, act_fn, s))
+        finally:
+            env.close()
     else:
         ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(env_name, act_fn, env_kwargs, env_factory)) as pool:
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(env_factory, act_fn)) as pool:
             for r in pool.imap(_worker_episode, seeds):
-                results.append(r)
-                bar.update(1)
-                bar.set_postfix(success=f"{np.mean([x['success'] for x in results]):.2f}")
+                add(r)
     bar.close()
-    return {
-        "success_rate": float(np.mean([r["success"] for r in results])),
-        "mean_return": float(np.mean([r["return"] for r in results])),
-        "mean_length": float(np.mean([r["length"] for r in results])),
-        "episodes": float(episodes),
-    }
+    return summarize(results)

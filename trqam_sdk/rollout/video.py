@@ -6,35 +6,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+from trqam_sdk.rollout.episode import ActFn, EnvFactory, Step, run_episode
 
 
-def record_episode(act_fn: Any, env_name: str, path: str | Path, seed: int = 0,
-                   env_kwargs: dict[str, Any] | None = None, fps: int = 30) -> Path:
-    """Roll one episode (chunks open-loop, as in evaluation) and write its rendered frames to ``path``."""
+def record_episode(act_fn: ActFn, env_factory: EnvFactory, path: str | Path, seed: int = 0, fps: int = 30) -> Path:
+    """Roll one episode (the evaluation loop) in an env from ``env_factory`` (built with ``render_mode=
+    "rgb_array"``) and write the reset frame plus one frame per step to ``path``."""
     import cv2
-    import gymnasium
-    import ogbench  # noqa: F401
 
-    env = gymnasium.make(env_name, render_mode="rgb_array", **(env_kwargs or {}))
-    if hasattr(act_fn, "reseed"):
-        act_fn.reseed(seed)
-    ob, _ = env.reset(seed=seed)
-    frames, done = [env.render()], False
-    while not done:
-        chunk = act_fn(torch.as_tensor(np.asarray(ob, dtype=np.float32))[None])
-        for action in np.asarray(chunk.detach().cpu())[0]:
-            ob, _, terminated, truncated, _ = env.step(np.clip(action, -1.0, 1.0))
-            frames.append(env.render())
-            done = terminated or truncated
-            if done:
-                break
-    env.close()
+    env = env_factory()
+    frames: list[Any] = []
+
+    def frame(_: Step | None = None) -> None:
+        img = env.render()
+        if img is None:
+            raise RuntimeError("env.render() returned None: build the video env with render_mode='rgb_array'")
+        frames.append(img)
+
+    try:
+        run_episode(env, act_fn, seed, on_step=frame)  # the reset frame, then one per step
+    finally:
+        env.close()
     path = Path(path)
     h, w = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for frame in frames:
-        writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+    for img in frames:
+        writer.write(cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR))
     writer.release()
     if not path.is_file() or path.stat().st_size == 0:
         raise RuntimeError(f"writing {path} failed (OpenCV mp4v codec unavailable?)")

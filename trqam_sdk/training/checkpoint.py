@@ -1,10 +1,11 @@
-"""Checkpoints as safetensors + JSON only, written atomically (temp folder → rename → pointer file).
+"""Checkpoints as safetensors + JSON only, split by owner, written atomically (temp folder → rename → pointer).
 
 Layout of ``<run>/checkpoints/step-00001000/``:
-  agent.safetensors      every module and buffer of the agent (v_θ, base, reference, critics, λ, D̄)
-  optimizer.safetensors  Adam moments and step counts, keyed ``state.<param index>.<name>``
-  state.json             step, config, optimiser hyper-parameters, counters
-  policy/                v_θ alone (config.json + model.safetensors), loadable by ``adapters.load_policy``
+  policy/                  the fine-tuned policy alone (its adapter's ``save_pretrained``), loadable on its own
+  algorithm.safetensors    what the method owns (critics, targets, λ, D̄, a base / reference where it trains);
+                           never the policy, nor a frozen module it shares with the policy (training/ownership.py)
+  optimizer.safetensors    Adam moments and step counts, keyed ``state.<param index>.<name>``
+  state.json               step, config, optimiser hyper-parameters, counters, fingerprints of rebuilt copies
 and ``<run>/checkpoints/latest.json`` names the newest complete one. Randomness is a pure function of
 (seed, step), so no RNG state is needed to resume exactly.
 """
@@ -19,10 +20,11 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from trqam_sdk.adapters.base import check_state_dict
 from trqam_sdk.io import atomic_write_text
+from trqam_sdk.methods.base import Agent
+from trqam_sdk.training.ownership import check_fingerprint, fingerprint, policy_save_is_exact, split_state
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -51,8 +53,7 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
 
 
 def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CPU tensors for safetensors; tensors that share storage (a frozen VLM shared by v_θ, base and reference)
-    are cloned, since safetensors refuses aliases — every key still loads strictly."""
+    """CPU tensors for safetensors (which refuses aliases): any two keys that still share storage are cloned."""
     out, seen = {}, set()
     for k, v in state.items():
         v = v.detach().cpu().contiguous()
@@ -63,7 +64,7 @@ def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_checkpoint(run_dir: str | Path, step: int, agent: nn.Module, optimizer: torch.optim.Optimizer,
+def save_checkpoint(run_dir: str | Path, step: int, agent: Agent, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any]) -> Path:
     """Write ``checkpoints/step-XXXXXXXX`` atomically and point ``latest.json`` at it."""
     root = Path(run_dir) / "checkpoints"
@@ -72,11 +73,14 @@ def save_checkpoint(run_dir: str | Path, step: int, agent: nn.Module, optimizer:
     tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_unshared(agent.state_dict()), str(tmp / "agent.safetensors"))
+    own, rebuilt = split_state(agent)
+    save_file(_unshared(own), str(tmp / "algorithm.safetensors"))
     opt_tensors, opt_meta = optimizer_tensors(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "optimizer": opt_meta}, indent=2))
-    agent.actor.save_pretrained(tmp / "policy")
+    agent.policy.save_pretrained(tmp / "policy")
+    meta = {**state, "step": step, "optimizer": opt_meta, "method": agent.method_name,
+            "rebuilt_fingerprint": fingerprint(agent, rebuilt)}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=2))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -91,16 +95,41 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return pointer.parent / json.loads(pointer.read_text())["path"]
 
 
-def load_checkpoint(path: str | Path, agent: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Restore agent (and optimiser) in place; return state.json. Mismatches raise naming the tensors."""
+def _load_policy(agent: Agent, folder: Path) -> None:
+    """Restore the policy's tensors from the checkpoint's ``policy/`` folder (an exact save)."""
+    policy = agent.policy
+    loader = getattr(policy, "load_saved_weights", None)
+    if loader is not None:
+        loader(folder)
+        return
+    file = folder / "model.safetensors"
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint {folder.parent} is incomplete: policy/model.safetensors is missing")
+    tensors = load_file(str(file))
+    check_state_dict(policy, tensors, f"{file} does not match this policy")
+    policy.load_state_dict(tensors)
+
+
+def load_checkpoint(path: str | Path, agent: Agent, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Restore agent (and optimiser) in place; return state.json. Mismatches raise naming the file and tensors."""
     path = Path(path)
-    for name in ("agent.safetensors", "state.json"):
+    for name in ("algorithm.safetensors", "state.json"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"checkpoint {path} is incomplete: {name} is missing")
-    tensors = load_file(str(path / "agent.safetensors"))
-    check_state_dict(agent, tensors, f"checkpoint {path} does not match this model")
-    agent.load_state_dict(tensors)
     state = json.loads((path / "state.json").read_text())
+    own, _ = split_state(agent)
+    if policy_save_is_exact(agent):
+        _load_policy(agent, path / "policy")
+    file = path / "algorithm.safetensors"
+    tensors = load_file(str(file))
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    wrong = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own.keys() & tensors.keys() if own[k].shape != tensors[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{file} does not match this {agent.method_name} agent: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
+    agent.load_state_dict(tensors, strict=False)
+    check_fingerprint(state.get("rebuilt_fingerprint", {}), agent, f"checkpoint {path}")
     if optimizer is not None:
         load_optimizer_tensors(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
     return state

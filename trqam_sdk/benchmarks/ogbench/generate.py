@@ -279,29 +279,3 @@ def load_ogbench(task: str, dataset_dir: str | Path) -> tuple[Any, Transitions, 
 
     env, train, val = ogbench.make_env_and_datasets(task, dataset_dir=str(dataset_dir), compact_dataset=False)
     return env, to_transitions(train), to_transitions(val)
-
-
-def add_arguments(parser: Any) -> None:
-    """Options of `trqam data`: regenerate a play dataset in the official format (resumable, N processes)."""
-    a = parser.add_argument
-    a("--domain", required=True, help=f"one of {', '.join(MANIPULATION_DOMAINS)} (or any env with --random)")
-    a("--dataset-type", default="play", help="dataset type in the file name (play; navigate with --random)")
-    a("--episodes", type=int, default=1000, help="episodes (OGBench's 1M play sets: 1000 of 1001 rows)")
-    a("--val-episodes", type=int, default=None, help="default: a tenth of --episodes")
-    a("--episode-length", type=int, default=EPISODE_LENGTH)
-    a("--seed", type=int, default=0)
-    a("--workers", type=int, default=None, help="processes (default: all cores)")
-    a("--episodes-per-shard", type=int, default=5, help="resume granularity")
-    a("--out", default=None, help=f"cache root (default {DEFAULT_CACHE})")
-    a("--random", action="store_true", help="a correlated-random policy instead of the oracle: NOT expert data, "
-      "for official-format test files (e.g. antmaze/humanoidmaze, whose expert checkpoints are not available)")
-    parser.set_defaults(func=_data_cli)
-
-
-def _data_cli(args: Any) -> int:
-    task = f"{args.domain}-{args.dataset_type}-singletask-task1-v0"
-    out = generate_dataset(task, episodes=args.episodes, val_episodes=args.val_episodes, seed=args.seed,
-                           dataset_dir=args.out, workers=args.workers, episode_length=args.episode_length,
-                           episodes_per_shard=args.episodes_per_shard, policy="random" if args.random else "oracle")
-    print(f"wrote {out} (load it with dataset_dir={out})")
-    return 0

@@ -12,7 +12,6 @@ Implemented tasks: Lift and PickPlaceCan. Square (nut assembly) has no scripted 
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -185,14 +184,3 @@ def _write_masks(f: Any, groups: dict[str, list[str]], valid_fraction: float, rn
     valid = set(rng.permutation(names)[: int(round(valid_fraction * len(names)))].tolist())
     mask.create_dataset("train", data=enc([n for n in names if n not in valid]))
     mask.create_dataset("valid", data=enc(valid))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    a = parser.add_argument
-    a("--task", default="lift", choices=sorted(TASK_ENVS))
-    a("--output", required=True, help="hdf5 file to write")
-    a("--demos", type=int, nargs=3, default=[30, 30, 30], metavar=("BETTER", "OKAY", "WORSE"))
-    a("--max-steps", type=int, default=200)
-    a("--successful-only", action="store_true", help="drop failed demos (robomimic MH keeps only successes)")
-    a("--seed", type=int, default=0)
-    a("--no-progress", action="store_true")

@@ -1,6 +1,7 @@
-"""`trqam lerobot-train`: TRQAM fine-tune of a LeRobot pi0 / pi0.5 / SmolVLA checkpoint on a LeRobotDataset.
+"""TRQAM fine-tune of a LeRobot pi0 / pi0.5 / SmolVLA checkpoint on a LeRobotDataset (the library side of
+`trqam lerobot-train`, whose flags live in :mod:`trqam_sdk.cli.lerobot_train`).
 
-Runs on N processes with ``torchrun --nproc_per_node N -m trqam_sdk.cli lerobot-train ...`` (CPU, gloo) or
+Runs on N processes under ``torchrun --nproc_per_node N -m trqam_sdk.cli lerobot-train ...`` (CPU, gloo) or
 ``accelerate launch``. The reference velocity is the frozen pretrained expert (``reference: frozen``), the VLM
 is frozen, the action expert (or its LoRA adapters) trains; the result is written as a lerobot checkpoint
 (+ processors, trqam_state.json, model card) and optionally pushed to the Hub.
@@ -8,73 +9,62 @@ is frozen, the action expert (or its LoRA adapters) trains; the result is writte
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--policy", required=True, help="lerobot checkpoint folder or Hub repo id (pi0, pi05, smolvla)")
-    p.add_argument("--dataset", required=True, help="LeRobotDataset root folder (with next.reward / next.done)")
-    p.add_argument("--repo-id", default=None, help="the dataset's repo id (default: the root folder's name)")
-    p.add_argument("--config", default=None, help="YAML FinetuneConfig (steps, batch, ε, ...); flags override it")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--flow-steps", type=int, default=None)
-    p.add_argument("--kl-budget", type=float, default=None)
-    p.add_argument("--lora-rank", type=int, default=0, help="train rank-r LoRA adapters on the expert instead")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--push-to", default=None, help="Hub repo id to push the fine-tuned checkpoint to")
-    p.add_argument("--tiny", action="store_true",
-                   help="load pi0/pi0.5 with the tiny test backbone sizes (trqam_sdk.testing.tiny_lerobot), for tests")
-    p.set_defaults(func=run)
+from trqam_sdk.config import CriticConfig, FinetuneConfig, validate
 
 
-def run(args: argparse.Namespace) -> int:
+def vla_defaults() -> FinetuneConfig:
+    """The config used when no YAML is given: frozen reference, a small critic on the VLA's features."""
+    return FinetuneConfig(reference="frozen", batch_size=8, flow_steps=10, trackers=[], log_every=1,
+                          critic=CriticConfig(num_critics=2, width=128, depth=2))
+
+
+def finetune_lerobot(cfg: FinetuneConfig, policy: str | Path, dataset: str | Path, repo_id: str | None = None,
+                     lora_rank: int = 0, push_to: str | None = None, tiny: bool = False) -> dict[str, Any] | None:
+    """Fine-tune ``policy`` (a lerobot checkpoint folder or Hub id) on the LeRobotDataset at ``dataset`` and
+    save it under ``cfg.output_dir/policy`` (and push it to ``push_to``). Returns the run summary on the main
+    process, None on the others. ``tiny`` loads pi0 / pi0.5 with the tiny test backbone sizes."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from trqam_sdk.adapters.lerobot import from_pretrained
-    from trqam_sdk.config import CriticConfig, FinetuneConfig, load_yaml
     from trqam_sdk.integrations.lerobot.data import lerobot_transitions
     from trqam_sdk.integrations.lerobot.hub import push_to_hub, save_pretrained, training_summary
     from trqam_sdk.networks.encoders import vla_critic
     from trqam_sdk.testing.tiny_lerobot import tiny_pi_architecture
     from trqam_sdk.training.finetuner import Finetuner
 
-    cfg = load_yaml(FinetuneConfig, args.config) if args.config else FinetuneConfig(
-        reference="frozen", batch_size=8, flow_steps=10, trackers=[], log_every=1,
-        critic=CriticConfig(num_critics=2, width=128, depth=2))
-    for flag, attr in (("steps", "steps"), ("batch_size", "batch_size"), ("flow_steps", "flow_steps")):
-        if getattr(args, flag) is not None:
-            setattr(cfg, attr, getattr(args, flag))
-    if args.kl_budget is not None:
-        cfg.trust_region.kl_budget = args.kl_budget
-    cfg.output_dir = args.output_dir
-    with tiny_pi_architecture() if args.tiny else contextlib.nullcontext():
-        policy = from_pretrained(args.policy, lora_rank=args.lora_rank)
-    if policy.preprocessor is None:
-        raise FileNotFoundError(f"{args.policy} has no policy_preprocessor.json: the dataset cannot be encoded "
+    validate(cfg)
+    if lora_rank < 0:
+        raise ValueError(f"lora_rank must be >= 0, got {lora_rank}")
+    with tiny_pi_architecture() if tiny else contextlib.nullcontext():
+        vla = from_pretrained(policy, lora_rank=lora_rank)
+    if vla.preprocessor is None:
+        raise FileNotFoundError(f"{policy} has no policy_preprocessor.json: the dataset cannot be encoded "
                                 "the way the checkpoint expects")
-    root = Path(args.dataset)
-    dataset = LeRobotDataset(args.repo_id or root.name, root=str(root))
-    data = lerobot_transitions(dataset, policy.preprocessor)
+    root = Path(dataset)
+    if not root.is_dir():
+        raise FileNotFoundError(f"LeRobotDataset folder not found: {root}")
+    data = lerobot_transitions(LeRobotDataset(repo_id or root.name, root=str(root)), vla.preprocessor)
     c = cfg.critic
-    ft = Finetuner(cfg, policy, data, critic=vla_critic(policy, c.num_critics, c.width, c.depth,
-                                                          layer_norm=c.layer_norm))
+    torch.manual_seed(cfg.seed)  # the critic's init is part of the run: seed it (it was not reproducible)
+    ft = Finetuner(cfg, vla, data, critic=vla_critic(vla, c.num_critics, c.width, c.depth, layer_norm=c.layer_norm))
     metrics = ft.train(progress=False)
-    acc = ft.accelerator
+    acc, result = ft.accelerator, None
     if acc.is_main_process:
         summary = training_summary(ft, results={"final_critic_loss": metrics.get("critic_loss")},
-                                   base_model=str(args.policy))
+                                   base_model=str(policy))
         summary["num_processes"] = acc.num_processes
-        out = save_pretrained(ft.agent.actor, Path(args.output_dir) / "policy", summary, args.push_to)
-        if args.push_to:
-            push_to_hub(ft.agent.actor, args.push_to, summary)
-        print(json.dumps({"policy": str(out), "steps": ft.step, "num_processes": acc.num_processes,
-                          "lam": summary["final_lambda"], "kl_ema": summary["final_kl_ema"]}))
+        out = save_pretrained(ft.agent.actor, Path(cfg.output_dir) / "policy", summary, push_to)
+        if push_to:
+            push_to_hub(ft.agent.actor, push_to, summary)
+        result = {"policy": str(out), "steps": ft.step, "num_processes": acc.num_processes,
+                  "lam": summary["final_lambda"], "kl_ema": summary["final_kl_ema"]}
     acc.wait_for_everyone()
-    torch.distributed.destroy_process_group() if torch.distributed.is_initialized() else None
-    return 0
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return result

@@ -1,9 +1,8 @@
-"""Adapters for LeRobot 0.6's flow VLAs: pi0, pi0.5 and SmolVLA, behind the SDK's FlowPolicy protocol.
+"""What every LeRobot flow policy shares, whatever its backbone: loading, processors, padding, time, save/LoRA.
 
 * Observations are lerobot's *pre-processed* batch (the output of the checkpoint's own pre-processor:
   normalised state, images in [0, 1], language tokens + mask; for pi0.5 the state is already tokenised into the
-  prompt). ``condition`` embeds the prefix (images, language, and the state where it lives there) once per state
-  under ``no_grad`` into a per-layer KV cache; ``velocity`` runs only the action expert against it.
+  prompt). :meth:`LeRobotFlowPolicy.check_observations` validates it, naming the offending key.
 * Time: lerobot integrates t' = 1 (noise) → t' = 0 (action) with v' ≈ noise − action; we return
   v = −v'(x, 1 − t) (SPEC §1).
 * Padding: the models work on (chunk_size, max_action_dim) chunks. The SDK flows over the *real* action dims only,
@@ -11,10 +10,12 @@
   in training — for every velocity evaluation, so the velocity is a deterministic function of the real dims and
   the critic, KL and adjoint never see dims the robot does not execute. The chunk length is the model's
   ``chunk_size`` (its tokens are generated jointly): set it when building/fine-tuning a model for RL.
-* Each ``velocity`` call builds a fresh ``DynamicCache`` over the cached tensors: SmolVLA appends to and crops
-  its cache in place, so a shared cache object would make a second VJP differ from the first.
 * Trainable: the action expert (and its projections); the VLM, vision tower and any prefix-side projection are
   frozen. Optionally LoRA adapters (peft) on the expert instead (``lora_rank``).
+* Saved in lerobot's own checkpoint format (LoRA merged), processors alongside.
+
+How the condition is computed and how the model is asked for its native velocity is backbone-specific: see
+:mod:`.prefix` for the models that cache a vision-language prefix as a KV cache (pi0, pi0.5, SmolVLA).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class _Shared:
         return self
 
 
-def _resolve(path_or_repo: str | Path, revision: str | None) -> Path:
+def resolve_checkpoint(path_or_repo: str | Path, revision: str | None) -> Path:
+    """A local checkpoint folder, or the Hub snapshot of a repo id (paths that look local are never fetched)."""
     path = Path(path_or_repo)
     if path.is_dir():
         return path
@@ -55,7 +57,8 @@ def _resolve(path_or_repo: str | Path, revision: str | None) -> Path:
 
 
 class LeRobotFlowPolicy(FlowPolicy):
-    """Common part of the three adapters; subclasses name the lerobot type and the model's module layout."""
+    """Common part of the LeRobot adapters; subclasses name the lerobot type and the model's module layout and
+    implement :meth:`condition` and :meth:`_native_velocity`."""
 
     lerobot_type: ClassVar[str] = ""
     expert_modules: ClassVar[tuple[str, ...]] = ()
@@ -84,7 +87,7 @@ class LeRobotFlowPolicy(FlowPolicy):
             self._add_lora(lora_rank)
         self.eval()
 
-    # -- the protocol ------------------------------------------------------------------------------------
+    # -- observations --------------------------------------------------------------------------------------
     def check_observations(self, obs: Any) -> int:
         """Validate a pre-processed batch; returns its batch size. Errors name the offending key."""
         if not isinstance(obs, dict):
@@ -106,47 +109,26 @@ class LeRobotFlowPolicy(FlowPolicy):
                              f"got {tuple(obs[STATE].shape)}")
         return b
 
-    def _images(self, obs: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        return self.policy._preprocess_images(obs)
-
-    def _prefix_kv(self, obs: dict[str, Tensor]) -> tuple[Any, Tensor]:
-        """Run the frozen VLM over the prefix: (DynamicCache, prefix pad mask)."""
+    # -- velocity: padding and the time convention -----------------------------------------------------------
+    def _native_velocity(self, cond: Any, padded: Tensor, t_native: Tensor) -> Tensor:
+        """lerobot's own field v'(x̃, t') on (B, chunk_size, max_action_dim) chunks at native time t' (float32)."""
         raise NotImplementedError
 
-    @torch.no_grad()
-    def condition(self, obs: dict[str, Tensor]) -> dict[str, Any]:
-        """The prefix KV cache (per layer keys/values), its pad mask, and the suffix-side state for pi0."""
-        self.check_observations(obs)
-        kv, pad = self._prefix_kv(obs)
-        cond: dict[str, Any] = {"keys": [layer.keys for layer in kv.layers],
-                                "values": [layer.values for layer in kv.layers], "pad": pad}
-        cond.update(self._suffix_inputs(obs))
-        return cond
-
-    def _suffix_inputs(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {}
-
-    def _denoise(self, cond: dict[str, Any], cache: Any, x: Tensor, t: Tensor) -> Tensor:
-        return self.policy.model.denoise_step(prefix_pad_masks=cond["pad"], past_key_values=cache, x_t=x,
-                                              timestep=t)
-
-    def velocity(self, cond: dict[str, Any], x: Tensor, t: Tensor) -> Tensor:
+    def velocity(self, cond: Any, x: Tensor, t: Tensor) -> Tensor:
         """SDK velocity −v'(x̃, 1 − t) on the real dims, x̃ = x zero-padded to max_action_dim."""
-        from transformers.cache_utils import DynamicCache
-
         h, a = self.spec.horizon, self.spec.action_dim
         padded = F.pad(x.view(-1, h, a), (0, self.policy.config.max_action_dim - a))
-        cache = DynamicCache(tuple((k, v, None) for k, v in zip(cond["keys"], cond["values"], strict=True)))
-        native = self._denoise(cond, cache, padded, (1.0 - t).to(torch.float32))
+        native = self._native_velocity(cond, padded, (1.0 - t).to(torch.float32))
         return -native[:, :, :a].reshape(x.shape[0], h * a).to(x.dtype)
 
+    # -- the frozen part -----------------------------------------------------------------------------------
     def prefix_parameters(self) -> dict[str, Tensor]:
         """Every parameter outside the action expert: what ``condition`` depends on (all frozen)."""
         expert = tuple(f"policy.model.{m}." for m in self.expert_modules)
         return {n: p for n, p in self.named_parameters() if not n.startswith(expert) and "lora_" not in n}
 
     def same_condition_as(self, other: FlowPolicy) -> bool:
-        """Same adapter type and bit-identical frozen prefix weights: the prefix KV cache is the same."""
+        """Same adapter type and bit-identical frozen prefix weights: the condition is the same."""
         if type(other) is not type(self):
             return False
         mine, theirs = self.prefix_parameters(), other.prefix_parameters()
@@ -207,6 +189,23 @@ class LeRobotFlowPolicy(FlowPolicy):
                 proc.save_pretrained(directory)
         return directory
 
+    @property
+    def save_is_exact(self) -> bool:
+        """A merged LoRA does not give back its A/B factors: training checkpoints then keep the trainable LoRA
+        tensors in the algorithm file and rebuild the frozen rest from the prior (training/ownership.py)."""
+        return not self.lora_rank
+
+    def load_saved_weights(self, directory: str | Path) -> None:
+        """Restore the weights written by :meth:`save_pretrained` (lerobot's keys, no LoRA) in place."""
+        from safetensors.torch import load_file
+
+        file = Path(directory) / "model.safetensors"
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} is missing: not a saved {self.lerobot_type} policy")
+        state = load_file(str(file))
+        check_state_dict(self.policy, state, f"{file} does not match this {self.lerobot_type} policy")
+        self.policy.load_state_dict(state)
+
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, revision: str | None = None,
                         lora_rank: int = 0) -> LeRobotFlowPolicy:
@@ -215,7 +214,7 @@ class LeRobotFlowPolicy(FlowPolicy):
         from lerobot.policies.factory import get_policy_class, make_pre_post_processors
         from safetensors.torch import load_file
 
-        folder = _resolve(path_or_repo, revision)
+        folder = resolve_checkpoint(path_or_repo, revision)
         for name in ("config.json", "model.safetensors"):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} has no {name}: not a LeRobot checkpoint folder")
@@ -242,89 +241,3 @@ class LeRobotFlowPolicy(FlowPolicy):
     @property
     def postprocessor(self) -> Any:
         return self.processors.post
-
-
-class _PiFamily(LeRobotFlowPolicy):
-    vlm_module = "paligemma_with_expert.paligemma"
-
-    def _prefix_kv(self, obs: dict[str, Tensor]) -> tuple[Any, Tensor]:
-        from lerobot.policies.common.vla_utils import make_att_2d_masks, prepare_attention_masks_4d
-
-        model = self.policy.model
-        images, img_masks = self._images(obs)
-        embs, pad, att = model.embed_prefix(images, img_masks, obs[TOKENS], obs[TOKEN_MASK])
-        pwe = model.paligemma_with_expert
-        pwe.paligemma.model.language_model.config._attn_implementation = "eager"
-        pwe.gemma_expert.model.config._attn_implementation = "eager"
-        _, kv = pwe.forward(attention_mask=prepare_attention_masks_4d(make_att_2d_masks(pad, att)),
-                            position_ids=torch.cumsum(pad, dim=1) - 1, past_key_values=None,
-                            inputs_embeds=[embs, None], use_cache=True)
-        return kv, pad
-
-
-class LeRobotPI0Policy(_PiFamily):
-    """pi0: the (padded, normalised) state is a token of the action expert's suffix, so it rides in the
-    condition and ``state_proj`` trains with the expert."""
-
-    type_name = "lerobot_pi0"
-    lerobot_type = "pi0"
-    expert_modules = ("paligemma_with_expert.gemma_expert.model", "action_in_proj", "action_out_proj",
-                      "action_time_mlp_in", "action_time_mlp_out", "state_proj")
-
-    def _suffix_inputs(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"state": self.policy.prepare_state(obs)}
-
-    def _denoise(self, cond: dict[str, Any], cache: Any, x: Tensor, t: Tensor) -> Tensor:
-        return self.policy.model.denoise_step(state=cond["state"], prefix_pad_masks=cond["pad"],
-                                              past_key_values=cache, x_t=x, timestep=t)
-
-
-class LeRobotPI05Policy(_PiFamily):
-    """pi0.5: the state is discretised into the prompt by the pre-processor (so it is in the cached prefix);
-    time enters the expert through adaRMS."""
-
-    type_name = "lerobot_pi05"
-    lerobot_type = "pi05"
-    expert_modules = ("paligemma_with_expert.gemma_expert.model", "action_in_proj", "action_out_proj", "time_mlp_in",
-                      "time_mlp_out")
-
-
-class LeRobotSmolVLAPolicy(LeRobotFlowPolicy):
-    """SmolVLA: the state is a prefix token (``state_proj`` is frozen with the VLM); the expert alternates
-    cross-attention to the prefix KV and self-attention that appends to (then crops) the cache."""
-
-    type_name = "lerobot_smolvla"
-    lerobot_type = "smolvla"
-    vlm_module = "vlm_with_expert.vlm"
-    expert_modules = ("vlm_with_expert.lm_expert", "action_in_proj", "action_out_proj", "action_time_mlp_in",
-                      "action_time_mlp_out")
-
-    def _images(self, obs: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        return self.policy.prepare_images(obs)
-
-    def _prefix_kv(self, obs: dict[str, Tensor]) -> tuple[Any, Tensor]:
-        from lerobot.policies.common.vla_utils import make_att_2d_masks
-
-        model = self.policy.model
-        images, img_masks = self._images(obs)
-        state = self.policy.prepare_state(obs)
-        embs, pad, att = model.embed_prefix(images, img_masks, obs[TOKENS], obs[TOKEN_MASK], state=state)
-        _, kv = model.vlm_with_expert.forward(attention_mask=make_att_2d_masks(pad, att),
-                                              position_ids=torch.cumsum(pad, dim=1) - 1, past_key_values=None,
-                                              inputs_embeds=[embs, None], use_cache=True)
-        return kv, pad
-
-
-LEROBOT_ADAPTERS: dict[str, type[LeRobotFlowPolicy]] = {
-    c.lerobot_type: c for c in (LeRobotPI0Policy, LeRobotPI05Policy, LeRobotSmolVLAPolicy)}
-
-
-def from_pretrained(path_or_repo: str | Path, revision: str | None = None, lora_rank: int = 0) -> LeRobotFlowPolicy:
-    """Load any supported lerobot checkpoint (pi0, pi05, smolvla) as an SDK adapter."""
-    folder = _resolve(path_or_repo, revision)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} has no config.json: not a LeRobot checkpoint folder")
-    kind = json.loads((folder / "config.json").read_text()).get("type")
-    if kind not in LEROBOT_ADAPTERS:
-        raise ValueError(f"{folder}/config.json has lerobot type {kind!r}; supported: {sorted(LEROBOT_ADAPTERS)}")
-    return LEROBOT_ADAPTERS[kind].from_pretrained(folder, lora_rank=lora_rank)

@@ -1,0 +1,26 @@
+"""`trqam aggregate`: result files of a benchmark → Table 1 layout (mean ± std over seeds), pooled episodes with
+95 % Wilson intervals, the KL-vs-ε table and success / KL / λ curves."""
+
+from __future__ import annotations
+
+import argparse
+
+from trqam_sdk.cli.run import add_benchmark_option
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    add_benchmark_option(parser)
+    a("--runs", default=None, help="results root written by `trqam run` / `trqam sweep` (default runs/<benchmark>)")
+    a("--phase", choices=["offline", "online"], default="offline", help="which success to tabulate")
+    a("--plots", default=None, help="folder for <domain>_curves.png (default: <runs>/plots)")
+    a("--no-plots", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from trqam_sdk.benchmarks.aggregate import aggregate
+
+    print(aggregate(args.runs or f"runs/{args.benchmark}", args.benchmark, args.phase, args.plots,
+                    not args.no_plots))
+    return 0

@@ -1,0 +1,34 @@
+"""`trqam sweep`: many recipe runs of one benchmark, resumable (finished runs skipped) and shardable."""
+
+from __future__ import annotations
+
+import argparse
+
+from trqam_sdk.cli.run import add_benchmark_option, benchmark_of
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    add_benchmark_option(parser)
+    a("--recipes", nargs="+", required=True, help="recipe names or YAML paths ('all': every recipe)")
+    a("--profile", default="cpu-small")
+    a("--tasks", nargs="*", default=None, help="default: each recipe's tasks")
+    a("--methods", nargs="*", default=None, help="default: each recipe's methods")
+    a("--seeds", type=int, nargs="*", default=None, help="default: each recipe's seeds")
+    a("--out", default=None, help="results root (default runs/<benchmark>)")
+    a("--shard", default="0/1", help="i/n: run the i-th of n interleaved parts of the (recipe, task, seed) groups")
+    a("--set", nargs="*", default=[], help="overrides applied to every recipe")
+    a("--keep-going", action="store_true", help="log a failed run and continue with the next")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from trqam_sdk.benchmarks.recipes import parse_sets
+    from trqam_sdk.benchmarks.sweep import parse_shard, plan, sweep
+
+    bench = benchmark_of(args)
+    i, n = parse_shard(args.shard)
+    overrides = parse_sets(args.set)
+    groups = plan(bench, args.recipes, args.profile, overrides, args.tasks, args.methods, args.seeds)[i::n]
+    failures = sweep(bench, groups, args.out or f"runs/{bench.name}", args.profile, overrides, args.keep_going)
+    return 1 if failures else 0
