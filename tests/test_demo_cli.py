@@ -66,7 +66,11 @@ def test_demo_cli_tiny(tmp_path: Path) -> None:
     assert (task / "bc_prior" / "seed0" / "config.json").is_file()
     assert (run / "checkpoints" / "latest.json").is_file() and (run / "checkpoints" / "step-00000010").is_dir()
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == 10 and {"path_kl", "kl_ema", "lam"} <= {k.split("/")[-1] for k in rows[-1]}
+    assert rows[-1]["step"] == 10 and {"actor/path_kl", "dual/kl_ema", "dual/lam", "critic/loss"} <= set(rows[-1])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set(EventAccumulator(str(run / "trqam")).Reload().Tags()["scalars"])  # the run's scalars (not hparams)
+    assert {"dual/lam", "critic/loss", "eval/success_rate", "eval/ci95_high"} <= tags  # namespaces kept end to end
     summary = json.loads((out / "results.json").read_text())
     assert summary["runs"][0]["seed"] == 0 and summary["episodes"] == 3
     bc = json.loads((task / "bc" / "seed0" / "result.json").read_text())

@@ -89,3 +89,22 @@ def test_outside_method_runs_through_the_cli_by_name(tmp_path: Path) -> None:
     without = subprocess.run([c for c in cmd if c not in ("--plugin", "toy_method")], capture_output=True,
                              text=True, timeout=240, env=env)
     assert without.returncode != 0 and "bc_anchor" in without.stderr  # unknown without the plugin, by name
+
+
+def test_outside_method_runs_through_a_recipe_and_aggregate(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`trqam run` / `aggregate` of a benchmark recipe with the outside method, by name, no package edit."""
+    from trqam_sdk import cli
+
+    out = str(tmp_path / "runs")
+    plugins = ["--plugin", "toy_method", "--plugin", "trqam_toy_benchmark"]
+    assert cli.main([*plugins, "run", "--benchmark", "toy-line", "--recipe", "line", "--profile", "tiny",
+                     "--method", "bc_anchor", "--out", out, "--set", "finetune.method_options={weight: 0.3}"]) == 0
+    assert "RESULT toy-line line task 1 bc_anchor seed 0: success" in capsys.readouterr().out
+    rdir = tmp_path / "runs" / "line" / "task1" / "bc_anchor" / "seed0"
+    result = json.loads((rdir / "result.json").read_text())
+    assert result["method"] == "bc_anchor" and result["episodes"] == 4
+    cfg = json.loads((rdir / "config.json").read_text())
+    assert cfg["method"] == "bc_anchor" and cfg["method_options"] == {"weight": 0.3}
+    assert cli.main([*plugins, "aggregate", "--benchmark", "toy-line", "--runs", out, "--no-plots"]) == 0
+    assert "| bc_anchor |" in capsys.readouterr().out

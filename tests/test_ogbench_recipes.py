@@ -16,7 +16,6 @@ from trqam_sdk.benchmarks.aggregate import format_pooled, format_table, kl_table
 from trqam_sdk.benchmarks.ogbench.generate import generate_dataset  # noqa: E402
 from trqam_sdk.benchmarks.ogbench.recipe import list_recipes, load_recipe  # noqa: E402
 from trqam_sdk.benchmarks.plots import plot_domain  # noqa: E402
-from trqam_sdk.benchmarks.recipes import parse_sets  # noqa: E402
 from trqam_sdk.benchmarks.registry import get_benchmark  # noqa: E402
 from trqam_sdk.benchmarks.results import load_results, metric  # noqa: E402
 from trqam_sdk.benchmarks.runner import run_one  # noqa: E402
@@ -76,9 +75,10 @@ def test_recipe_errors(tmp_path: Path) -> None:
         load_recipe("scene", "cpu-small", {"finetune": {"batch": 3}})
     with pytest.raises(ValueError, match="unknown methods"):
         load_recipe("scene", "cpu-small", {"methods": ["sac"]})
-    assert parse_sets(["eval.episodes=3", "kl_budget=0.25"]) == {"eval": {"episodes": 3}, "kl_budget": 0.25}
-    with pytest.raises(ValueError, match="key=value"):
-        parse_sets(["episodes"])
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("domain: scene\nkl_budget: 0.5\nkl_budget: 0.7\nprofiles: {cpu-small: {}}\n")
+    with pytest.raises(ValueError, match="duplicate key 'kl_budget'"):  # a recipe file is read strictly too
+        load_recipe(str(dup))
     with pytest.raises(ValueError, match="tasks are 1..5"):
         get_benchmark("ogbench").env_factory(load_recipe("scene"), "6")
 

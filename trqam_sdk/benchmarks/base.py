@@ -37,6 +37,13 @@ class Benchmark(ABC):
     """domain → short column label of the result table, in the table's order (other domains follow, sorted)"""
 
     # -- recipes ----------------------------------------------------------------------------------------
+    def expect_recipe(self, recipe: Any) -> Any:
+        """``recipe`` if it is this benchmark's recipe class; a clear error (not an AttributeError later) if not."""
+        if not isinstance(recipe, self.recipe_class):
+            raise TypeError(f"the {self.name} benchmark needs a {self.recipe_class.__name__}, "
+                            f"got {type(recipe).__name__}")
+        return recipe
+
     def recipe_folder(self) -> Path:
         """Where the benchmark's ``<name>.yaml`` recipes live."""
         raise NotImplementedError(f"benchmark {self.name!r} has no recipe folder: override recipe_folder() or "

@@ -15,10 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trqam_sdk.config import FinetuneConfig, from_dict
 from trqam_sdk.methods.registry import method_names
+from trqam_sdk.strict_yaml import deep_merge, load_yaml_mapping
 
 
 def recipe_dir(benchmark: str) -> Path:
@@ -92,30 +91,6 @@ class RecipeBase:
         return cfg
 
 
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
-def parse_sets(sets: list[str] | None) -> dict[str, Any]:
-    """['finetune.batch_size=32', 'eval.episodes=2'] -> nested dict (values parsed as YAML scalars)."""
-    out: dict[str, Any] = {}
-    for item in sets or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        node = out
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {item!r}: {p!r} was already set to a value, not a section")
-        node[leaf] = yaml.safe_load(value)
-    return out
-
-
 def resolve_recipe(name_or_path: str | Path, folder: Path, what: str = "recipe") -> Path:
     """A YAML path, or a recipe name resolved in ``folder``; a clear error listing the known names otherwise."""
     p = Path(name_or_path)
@@ -133,9 +108,7 @@ def resolve_recipe(name_or_path: str | Path, folder: Path, what: str = "recipe")
 def load_profiled[R: RecipeBase](cls: type[R], path: Path, profile: str,
                                  overrides: dict[str, Any] | None = None) -> R:
     """Build ``cls`` from a recipe YAML with ``profile``'s overrides (then ``overrides``) merged over it."""
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a recipe is a mapping of fields, got {type(raw).__name__}")
+    raw = load_yaml_mapping(path)  # strict: duplicate keys are errors naming the line
     profiles = raw.pop("profiles", {}) or {}
     if profile not in profiles:
         raise KeyError(f"{path}: no profile {profile!r}; it has {sorted(profiles)}")

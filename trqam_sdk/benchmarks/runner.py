@@ -147,6 +147,11 @@ def _finetune(bench: Benchmark, recipe: RecipeBase, task: str, method: str, seed
     t0 = time.perf_counter()
     ft = Finetuner(cfg, prior, train)
     every, video = recipe.eval.every, recipe.eval.video
+    to_jsonl = log_eval
+
+    def log_eval(step: int, res: dict[str, float], phase: str) -> None:  # evals.jsonl, and eval/… to TensorBoard
+        to_jsonl(step, res, phase)
+        ft.log_to_trackers({f"eval/{k}": float(v) for k, v in res.items()}, step)
 
     def evaluate(desc: str) -> dict[str, float]:
         return evaluate_policy(bench, recipe, task, ft.agent.actor, seed, progress, desc)

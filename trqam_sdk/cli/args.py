@@ -46,13 +46,37 @@ class _Shorthand(argparse.Action):
 
 
 class _AppendSet(argparse.Action):
-    """``--set KEY=VALUE``, checked for the ``=`` here so argparse reports it with the usage line."""
+    """``--set KEY=VALUE [KEY=VALUE ...]`` (repeatable), checked for the ``=`` here so argparse reports it with
+    the usage line."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        if "=" not in values:
-            parser.error(f"argument --set: expected key=value (e.g. trust_region.kl_budget=0.1), got {values!r}")
-        namespace.overrides = [*namespace.overrides, values]
+        for item in values:
+            if "=" not in item:
+                parser.error(f"argument --set: expected key=value (e.g. trust_region.kl_budget=0.1), got {item!r}")
+        namespace.overrides = [*namespace.overrides, *values]
+
+
+def add_set_argument(p: argparse.ArgumentParser) -> None:
+    """The one ``--set`` of every command: ``--set a.b=1 c=2`` and ``--set a.b=1 --set c=2`` alike."""
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action=_AppendSet, default=[],
+                   help=SET_HELP)
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """``--config FILE.yaml`` (recipe fields to override, strict YAML) and ``--set`` for recipe commands (their
+    config class, the benchmark's recipe, is only known once ``--benchmark`` is parsed; docs/ogbench.md lists it)."""
+    p.add_argument("--config", metavar="FILE.yaml", default=None,
+                   help="YAML of recipe fields merged over the recipe and its profile (before --set)")
+    add_set_argument(p)
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--config`` then ``--set`` as one nested mapping of recipe overrides."""
+    from trqam_sdk.strict_yaml import deep_merge, load_yaml_mapping, parse_overrides
+
+    base = load_yaml_mapping(args.config) if args.config else {}
+    return deep_merge(base, parse_overrides(args.overrides))
 
 
 def add_config_arguments(p: argparse.ArgumentParser, cls: type, shorthands: dict[str, str] | None = None,
@@ -63,14 +87,15 @@ def add_config_arguments(p: argparse.ArgumentParser, cls: type, shorthands: dict
     p.add_argument("--config", metavar="FILE.yaml", default=None, help=config_help_text or (
         f"YAML with {cls.__name__} fields (strict: unknown or duplicate keys, wrong types and out-of-range "
         "values are errors naming the file and field)"))
-    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action=_AppendSet, default=[],
-                   help=SET_HELP)
+    add_set_argument(p)
     for flag, key in (shorthands or {}).items():
         if key not in fields:
             raise ValueError(f"shorthand {flag}: {cls.__name__} has no field {key!r}")
         f = fields[key]
+        many = {"nargs": "+", "type": int} if f.type == "list[int]" else {}
         p.add_argument(flag, dest=f"_shorthand_{key}", metavar=key.rsplit(".", 1)[-1].upper(), action=_Shorthand,
-                       key=key, quote=f.type == "str", help=f"same as --set {key}=VALUE ({f.type}, {f.doc})")
+                       key=key, quote=f.type.split(" |")[0] == "str", help=f"same as --set {key}=VALUE ({f.type}, "
+                       f"{' '.join(f.doc.split()) or 'see below'})".replace("%", "%%"), **many)
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = config_help(cls)
 

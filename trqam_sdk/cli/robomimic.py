@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from trqam_sdk.cli.args import add_recipe_arguments, recipe_overrides
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from trqam_sdk.benchmarks.robomimic.generate import TASK_ENVS
@@ -27,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("recipe", help="lift, can, square or a YAML path")
         p.add_argument("--profile", default="cpu-small", help="paper, cpu-small or stress-cpu")
         p.add_argument("--data", default=None, help="robomimic hdf5 (e.g. the MH low_dim file); default: scripted")
-        p.add_argument("--set", dest="sets", action="append", help="override, e.g. eval.episodes=5 (repeatable)")
+        add_recipe_arguments(p)
         p.add_argument("--output-dir", default=None, help="default runs/robomimic/<task>[-stress]")
         p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("plot", help="stress-test plot from a finished stress output folder")
@@ -51,12 +53,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summarize(args.output_dir), indent=1))
         plot_stress(args.output_dir, args.png)
         return 0
-    from trqam_sdk.benchmarks.recipes import PRIOR, deep_merge, parse_sets
+    from trqam_sdk.benchmarks.recipes import PRIOR
     from trqam_sdk.benchmarks.registry import get_benchmark
     from trqam_sdk.benchmarks.sweep import Group, describe, sweep
+    from trqam_sdk.strict_yaml import deep_merge
 
     bench = get_benchmark("robomimic")
-    overrides = parse_sets(args.sets)
+    overrides = recipe_overrides(args)
     if args.data:
         overrides = deep_merge(overrides, {"data": {"path": args.data}})
     if args.action == "stress":

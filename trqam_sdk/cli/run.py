@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from trqam_sdk.cli.args import add_recipe_arguments, recipe_overrides
+
 
 def add_benchmark_option(parser: argparse.ArgumentParser) -> None:
     """``--benchmark NAME`` (ogbench by default; plugins' benchmarks are known once ``--plugin`` imported them)."""
@@ -27,18 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--method", default="trqam", help="bc (evaluate the BC prior) or a registered fine-tuning method")
     a("--seed", type=int, default=None, help="default: the recipe's first seed")
     a("--out", default=None, help="results root (default runs/<benchmark>)")
-    a("--set", nargs="*", default=[], help="overrides, e.g. offline_steps=100 finetune.batch_size=64")
+    add_recipe_arguments(parser)
     a("--progress", action="store_true", help="tqdm bars")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from trqam_sdk.benchmarks.recipes import parse_sets
     from trqam_sdk.benchmarks.runner import run_one
     from trqam_sdk.benchmarks.sweep import describe
 
     bench = benchmark_of(args)
-    recipe = bench.load_recipe(args.recipe, args.profile, parse_sets(args.set))
+    recipe = bench.load_recipe(args.recipe, args.profile, recipe_overrides(args))
     task = bench.tasks(recipe)[0] if args.task is None else bench.check_task(recipe, args.task)
     seed = recipe.seeds[0] if args.seed is None else args.seed
     res = run_one(bench, recipe, task, args.method, seed, args.out or f"runs/{bench.name}", args.profile,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from trqam_sdk.cli.args import add_recipe_arguments, recipe_overrides
 from trqam_sdk.cli.run import add_benchmark_option, benchmark_of
 
 
@@ -17,18 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--seeds", type=int, nargs="*", default=None, help="default: each recipe's seeds")
     a("--out", default=None, help="results root (default runs/<benchmark>)")
     a("--shard", default="0/1", help="i/n: run the i-th of n interleaved parts of the (recipe, task, seed) groups")
-    a("--set", nargs="*", default=[], help="overrides applied to every recipe")
+    add_recipe_arguments(parser)  # --config / --set: overrides applied to every recipe
     a("--keep-going", action="store_true", help="log a failed run and continue with the next")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from trqam_sdk.benchmarks.recipes import parse_sets
     from trqam_sdk.benchmarks.sweep import parse_shard, plan, sweep
 
     bench = benchmark_of(args)
     i, n = parse_shard(args.shard)
-    overrides = parse_sets(args.set)
+    overrides = recipe_overrides(args)
     groups = plan(bench, args.recipes, args.profile, overrides, args.tasks, args.methods, args.seeds)[i::n]
     failures = sweep(bench, groups, args.out or f"runs/{bench.name}", args.profile, overrides, args.keep_going)
     return 1 if failures else 0

@@ -166,6 +166,11 @@ class Finetuner:
         self.save_checkpoint()
         return metrics
 
+    def log_to_trackers(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Namespaced metrics from outside the update (the runner's ``eval/…``) to the trackers, at ``step``."""
+        if self.cfg.trackers:
+            self.accelerator.log(metrics, step=self.step if step is None else step)
+
     def _log(self, metrics: dict[str, float]) -> None:
         acc = self.accelerator
         if self.cfg.trackers:

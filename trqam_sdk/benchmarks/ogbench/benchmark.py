@@ -56,12 +56,6 @@ class OGBenchEnvFactory:
         return SparseReward(env) if self.sparse else env
 
 
-def _as_recipe(recipe: Any) -> Recipe:
-    if not isinstance(recipe, Recipe):
-        raise TypeError(f"the ogbench benchmark needs an OGBench Recipe, got {type(recipe).__name__}")
-    return recipe
-
-
 @register_benchmark("ogbench")
 class OGBench(Benchmark):
     """OGBench singletask domains (manipulation and mazes), the paper's Table 1."""
@@ -76,10 +70,10 @@ class OGBench(Benchmark):
         return RECIPE_DIR
 
     def domain(self, recipe: Any) -> str:
-        return _as_recipe(recipe).domain
+        return self.expect_recipe(recipe).domain
 
     def tasks(self, recipe: Any) -> list[str]:
-        return [str(t) for t in _as_recipe(recipe).tasks]
+        return [str(t) for t in self.expect_recipe(recipe).tasks]
 
     def _key(self, recipe: Recipe, task: str) -> tuple:
         d = recipe.data
@@ -90,7 +84,7 @@ class OGBench(Benchmark):
         """Train transitions of the recipe's data (regenerated play data when asked); the last one is kept."""
         from trqam_sdk.benchmarks.ogbench.official import eval_env_name, load_singletask
 
-        recipe = _as_recipe(recipe)
+        recipe = self.expect_recipe(recipe)
         eval_env_name(recipe.domain, int(task))  # tasks are 1..5: a clear error otherwise
         key = self._key(recipe, task)
         if key not in self._data:
@@ -110,7 +104,7 @@ class OGBench(Benchmark):
         return self._data[key][0]
 
     def data_info(self, recipe: Any, task: str) -> dict[str, Any]:
-        train, folder = self._data.get(self._key(_as_recipe(recipe), task), (None, None))
+        train, folder = self._data.get(self._key(self.expect_recipe(recipe), task), (None, None))
         if train is None:
             return {}
         return {"folder": folder, "episodes": int(train.terminals.sum()),
@@ -119,7 +113,7 @@ class OGBench(Benchmark):
     def env_factory(self, recipe: Any, task: str, mode: EnvMode = "eval") -> OGBenchEnvFactory:
         from trqam_sdk.benchmarks.ogbench.official import eval_env_name
 
-        recipe = _as_recipe(recipe)
+        recipe = self.expect_recipe(recipe)
         name = eval_env_name(recipe.domain, int(task))
         if mode == "online":  # the env's own episodes; rewards as in the data
             return OGBenchEnvFactory(name, {}, sparse=recipe.data.reward == "sparse")

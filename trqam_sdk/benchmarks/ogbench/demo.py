@@ -19,39 +19,58 @@ from typing import Any
 
 import numpy as np
 
+from trqam_sdk.schema import ConfigBase, ranged
+
 DEFAULT_TASK = "cube-single-play-singletask-task1-v0"
 
 
 @dataclass
-class DemoOptions:
-    """What `trqam demo` can change (the CLI's flags, one to one)."""
+class DemoOptions(ConfigBase):
+    """What `trqam demo` can change: ``--config demo.yaml``, ``--set key=value`` or the short flags."""
 
     task: str = DEFAULT_TASK
     """OGBench singletask play name (dataset regenerated offline)"""
-    dataset_episodes: int = 100
+    dataset_episodes: int = ranged(100, ge=1)
+    """play episodes to regenerate (1000 transitions each at the official length)"""
     data_dir: str | None = None
-    data_seed: int = 0
-    episode_length: int = 1001
-    bc_steps: int = 3000
-    steps: int = 2000
+    """dataset cache folder (None: ~/.cache/trqam/ogbench)"""
+    data_seed: int = ranged(0, ge=0)
+    """seed of the regenerated dataset"""
+    episode_length: int = ranged(1001, ge=2)
+    """rows per regenerated episode (OGBench: 1001)"""
+    bc_steps: int = ranged(3000, ge=0)
+    """BC pretraining steps of the prior"""
+    steps: int = ranged(2000, ge=1)
     """TRQAM fine-tuning steps"""
-    width: int = 256
-    critic_width: int = 256
-    num_critics: int = 4
-    critic_tau: float = 0.005
-    batch_size: int = 256
-    kl_budget: float = 0.5
-    flow_steps: int = 10
-    episodes: int = 200
-    """evaluation episodes per policy: 200 give 95 % intervals of about ±7 points at 50 % success"""
-    eval_max_steps: int | None = None
+    width: int = ranged(256, ge=1)
+    """actor hidden width (the paper uses 512)"""
+    critic_width: int = ranged(256, ge=1)
+    """critic hidden width (the paper uses 512)"""
+    num_critics: int = ranged(4, ge=1)
+    """critic ensemble size K (the paper uses 10)"""
+    critic_tau: float = ranged(0.005, gt=0, le=1)
+    """EMA rate of the target critic"""
+    batch_size: int = ranged(256, ge=1)
+    """global batch of BC and of fine-tuning"""
+    kl_budget: float = ranged(0.5, gt=0)
+    """ε, the path-KL budget (SPEC: 0.5 for cube)"""
+    flow_steps: int = ranged(10, ge=1)
+    """T, Euler steps of the flow"""
+    episodes: int = ranged(200, ge=1)
+    """evaluation episodes per policy: 200 give 95 % Wilson intervals of about ±7 points at 50 % success"""
+    eval_max_steps: int | None = ranged(None, ge=1)
+    """episode time limit in evaluation (None: the env's, 200)"""
     seeds: list[int] = field(default_factory=lambda: [0])
-    workers: int | None = None
+    """training seeds; several print mean ± std and the pooled interval"""
+    workers: int | None = ranged(None, ge=1)
     """processes for data generation and evaluation (None: all cores)"""
-    threads: int = 0
-    """torch threads for training (0: all cores, or 1 when the machine is already busy)"""
+    threads: int = ranged(0, ge=0)
+    """torch threads for training (0: all cores, or 1 when the machine is already busy: with other processes on
+    the cores, one thread ran a TRQAM step 3-7x faster than two in our measurements)"""
     output_dir: str = "runs/demo"
+    """where runs, plots, checkpoints and results.json go"""
     progress: bool = True
+    """tqdm bars"""
 
 
 def pick_threads(requested: int) -> int:

@@ -12,12 +12,6 @@ from trqam_sdk.benchmarks.registry import register_benchmark
 from trqam_sdk.benchmarks.robomimic.recipe import RECIPE_DIR, RobomimicRecipe, dataset_path
 
 
-def _as_recipe(recipe: Any) -> RobomimicRecipe:
-    if not isinstance(recipe, RobomimicRecipe):
-        raise TypeError(f"the robomimic benchmark needs a RobomimicRecipe, got {type(recipe).__name__}")
-    return recipe
-
-
 @register_benchmark("robomimic")
 class Robomimic(Benchmark):
     """Robomimic lift / can / square (MH files or scripted robomimic-format data)."""
@@ -32,13 +26,13 @@ class Robomimic(Benchmark):
         return RECIPE_DIR
 
     def domain(self, recipe: Any) -> str:
-        return _as_recipe(recipe).task
+        return self.expect_recipe(recipe).task
 
     def tasks(self, recipe: Any) -> list[str]:
-        return [_as_recipe(recipe).task]
+        return [self.expect_recipe(recipe).task]
 
     def run_path(self, recipe: Any, task: str) -> str:
-        return _as_recipe(recipe).task
+        return self.expect_recipe(recipe).task
 
     def _load(self, recipe: RobomimicRecipe, progress: bool = False) -> tuple[Any, Path, str]:
         from trqam_sdk.benchmarks.robomimic.data import load_robomimic
@@ -54,21 +48,21 @@ class Robomimic(Benchmark):
         return self._data[key]
 
     def load_data(self, recipe: Any, task: str, progress: bool = False) -> Any:
-        return self._load(_as_recipe(recipe), progress)[0].transitions
+        return self._load(self.expect_recipe(recipe), progress)[0].transitions
 
     def data_info(self, recipe: Any, task: str) -> dict[str, Any]:
-        data, path, label = self._load(_as_recipe(recipe))
+        data, path, label = self._load(self.expect_recipe(recipe))
         return {"label": label, "path": str(path), "demos": len(data.demos)}
 
     def save_policy_extras(self, recipe: Any, task: str, folder: Path) -> None:
         """The policy's input scaling: a robomimic policy is only usable with the data's normaliser."""
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "obs_normalizer.json").write_text(self._load(_as_recipe(recipe))[0].normalizer.to_json())
+        (folder / "obs_normalizer.json").write_text(self._load(self.expect_recipe(recipe))[0].normalizer.to_json())
 
     def env_factory(self, recipe: Any, task: str, mode: EnvMode = "eval") -> Any:
         from trqam_sdk.benchmarks.robomimic.env import RobomimicEnvFactory
 
-        recipe = _as_recipe(recipe)
+        recipe = self.expect_recipe(recipe)
         if mode == "video":
             raise ValueError("robomimic: evaluation video is not supported (set eval.video: false)")
         if mode not in ("eval", "online"):
