@@ -176,7 +176,6 @@ def test_run_errors_name_the_problem(toy: list[str], tmp_path: Path, capsys: pyt
 
 def test_bc_prior_cache_is_keyed_by_its_spec(toy: list[str], tmp_path: Path) -> None:
     """A cached prior is reused only when it was trained from the same data and settings (else trained again)."""
-    import trqam_toy_benchmark  # noqa: F401  (registers toy-line)
 
     from trqam_sdk.benchmarks.runner import bc_prior
 
@@ -196,3 +195,16 @@ def test_bc_prior_cache_is_keyed_by_its_spec(toy: list[str], tmp_path: Path) -> 
     other = bench.load_data(bench.load_recipe("line", "tiny", {"data": {"seed": 1}}), "1")  # other demonstrations
     bc_prior(recipe, other, 0, folder)
     assert json.loads((folder / "bc_prior.json").read_text())["data"]["sha1"] != sha
+
+
+# -- the shared benchmark contract on the outside benchmark (OGBench and robomimic run it in their own files) ------
+import sys  # noqa: E402
+
+from trqam_sdk.testing.benchmark_contract import BenchmarkContract  # noqa: E402
+
+sys.path.insert(0, str(PLUGINS))
+import trqam_toy_benchmark  # noqa: E402,F401  (registers "toy-line", as `--plugin trqam_toy_benchmark` does)
+
+
+class TestToyBenchmarkContract(BenchmarkContract):
+    benchmark, recipe, profile = "toy-line", "line", "tiny"

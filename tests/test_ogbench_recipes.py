@@ -16,9 +16,10 @@ from trqam_sdk.benchmarks.aggregate import format_pooled, format_table, kl_table
 from trqam_sdk.benchmarks.ogbench.generate import generate_dataset  # noqa: E402
 from trqam_sdk.benchmarks.ogbench.recipe import list_recipes, load_recipe  # noqa: E402
 from trqam_sdk.benchmarks.plots import plot_domain  # noqa: E402
-from trqam_sdk.benchmarks.registry import get_benchmark  # noqa: E402
+from trqam_sdk.benchmarks.registry import get_benchmark
 from trqam_sdk.benchmarks.results import load_results, metric  # noqa: E402
 from trqam_sdk.benchmarks.runner import run_one  # noqa: E402
+from trqam_sdk.testing.benchmark_contract import BenchmarkContract  # noqa: E402
 
 PAPER_DOMAINS = ["cube-double", "cube-triple", "cube-quadruple", "scene", "puzzle-3x3", "puzzle-4x4",
                  "antmaze-large", "antmaze-giant", "humanoidmaze-medium", "humanoidmaze-large"]
@@ -175,3 +176,12 @@ def test_table_math(tmp_path: Path) -> None:
         load_results(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match=r"no robomimic results .*\['ogbench'\]"):
         load_results(tmp_path, "robomimic")
+
+
+class TestOGBenchContract(BenchmarkContract):
+    """The shared benchmark contract on OGBench: every recipe loads; tiny cube-single data, env and prior run."""
+
+    benchmark, recipe, bad_task = "ogbench", "cube-single", "6"
+
+    def overrides(self, tmp_path: Path) -> dict:
+        return tiny_overrides("cube-single", tmp_path / "data")

@@ -22,6 +22,7 @@ from trqam_sdk.benchmarks.robomimic.env import (  # noqa: E402
 )
 from trqam_sdk.benchmarks.robomimic.generate import OLD_OSC_POSE, GenerateConfig, generate  # noqa: E402
 from trqam_sdk.benchmarks.robomimic.recipe import load_recipe  # noqa: E402
+from trqam_sdk.testing.benchmark_contract import BenchmarkContract
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +152,18 @@ def test_tiny_recipe_trains_and_evaluates_via_cli(lift_file: tuple[Path, dict], 
     assert all(p["episodes"] == 1 and p["ci95"][0] <= p["success"] <= p["ci95"][1] for p in points)
     # the same runs are a robomimic result set for `trqam aggregate`
     assert main(["aggregate", "--benchmark", "robomimic", "--runs", str(out), "--no-plots"]) == 0
+
+
+class TestRobomimicContract(BenchmarkContract):
+    """The shared benchmark contract on robomimic: every recipe loads; the scripted Lift file, env and prior run."""
+
+    benchmark, recipe = "robomimic", "lift"
+
+    @pytest.fixture(autouse=True)
+    def _scripted_file(self, lift_file: tuple[Path, dict]) -> None:
+        self.path = lift_file[0]
+
+    def overrides(self, tmp_path: Path) -> dict:
+        return {"data": {"path": str(self.path)}, "bc_steps": 3, "seeds": [0], "threads": 1,
+                "finetune": {"batch_size": 8, "policy": {"width": 16}},
+                "eval": {"episodes": 1, "max_steps": 5, "workers": 1}}
