@@ -164,6 +164,9 @@ def test_training_summary_and_card_from_a_real_run(hub_calls: dict[str, Any], tm
     ft.train(progress=False)
     summary = hub.training_summary(ft, results={"note": "tiny"}, base_model="local/tiny-smolvla")
     assert [r["step"] for r in summary["kl_curve"]] == [1, 2, 3]
+    logged = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(c["path_kl"], c["kl_ema"], c["lam"]) for c in summary["kl_curve"]] == [
+        (r["actor/path_kl"], r["dual/kl_ema"], r["dual/lam"]) for r in logged]  # the curve is the logged one
     assert summary["final_lambda"] == pytest.approx(float(ft.agent.lam))
     hub.push_to_hub(ft.agent.actor, "user/run", summary)
     files = hub_calls["commits"][-1][1]

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"resumed at step {ft.step}")
     metrics = ft.train(progress=not args.no_progress)
     if ft.accelerator.is_main_process:
-        print(f"done: step {ft.step}  path_kl {metrics.get('path_kl', float('nan')):.4f}  "
-              f"kl_ema {metrics.get('kl_ema', float('nan')):.4f}  lam {metrics.get('lam', float('nan')):.4f}")
+        shown = [*ft.agent.progress_keys, "train/nonfinite_skips"]  # the method's own headline metrics
+        values = "  ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
+        print(f"done: {cfg.method} step {ft.step}  {values}")
     ft.end()
     return 0

@@ -26,7 +26,8 @@ def training_summary(finetuner: Any, results: dict[str, Any] | None = None,
     from trqam_sdk.config import to_dict
 
     cfg, agent = finetuner.cfg, finetuner.agent
-    curve = [{k: row[k] for k in ("step", "path_kl", "kl_ema", "lam") if k in row}
+    names = {"step": "step", "path_kl": "actor/path_kl", "kl_ema": "dual/kl_ema", "lam": "dual/lam"}
+    curve = [{short: row[key] for short, key in names.items() if key in row}
              for row in read_jsonl(Path(cfg.output_dir) / "metrics.jsonl")]
     return {"base_model": base_model, "method": cfg.method, "kl_budget": cfg.trust_region.kl_budget,
             "final_lambda": float(agent.lam), "final_kl_ema": float(agent.kl_ema), "steps": finetuner.step,

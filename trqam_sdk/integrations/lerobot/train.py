@@ -56,7 +56,7 @@ def finetune_lerobot(cfg: FinetuneConfig, policy: str | Path, dataset: str | Pat
     metrics = ft.train(progress=False)
     acc, result = ft.accelerator, None
     if acc.is_main_process:
-        summary = training_summary(ft, results={"final_critic_loss": metrics.get("critic_loss")},
+        summary = training_summary(ft, results={"final_critic_loss": metrics.get("critic/loss")},
                                    base_model=str(policy))
         summary["num_processes"] = acc.num_processes
         out = save_pretrained(ft.agent.actor, Path(cfg.output_dir) / "policy", summary, push_to)
