@@ -208,3 +208,23 @@ import trqam_toy_benchmark  # noqa: E402,F401  (registers "toy-line", as `--plug
 
 class TestToyBenchmarkContract(BenchmarkContract):
     benchmark, recipe, profile = "toy-line", "line", "tiny"
+
+
+def test_bc_prior_follows_the_recipe_conventions(tmp_path: Path) -> None:
+    """The shared runner's prior honours ``finetune.conventions`` (init, BC loss, clip, sampling) and caches by it."""
+    import copy
+
+    from trqam_sdk.benchmarks.runner import bc_prior, prior_spec
+    from trqam_sdk.conventions import Conventions
+
+    bench = get_benchmark("toy-line")
+    recipe = bench.load_recipe("line", "tiny")
+    train = bench.load_data(recipe, "1")
+    ref = copy.deepcopy(recipe)
+    ref.finetune.conventions = Conventions.reference()
+    assert prior_spec(recipe, train, 0) != prior_spec(ref, train, 0)  # a cached default prior is not reused
+    a, b = bc_prior(recipe, train, 0, tmp_path / "a"), bc_prior(ref, train, 0, tmp_path / "b")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa)
+    again = bc_prior(recipe, train, 0, tmp_path / "a2")  # and the default path is reproducible
+    assert all(torch.equal(sa[k], v) for k, v in again.state_dict().items())

@@ -185,3 +185,14 @@ class TestOGBenchContract(BenchmarkContract):
 
     def overrides(self, tmp_path: Path) -> dict:
         return tiny_overrides("cube-single", tmp_path / "data")
+
+
+def test_paper_profiles_use_the_reference_conventions() -> None:
+    """The paper's recipes train with the authors' conventions (SPEC §5.1); the CPU profiles keep the SDK's."""
+    from trqam_sdk.conventions import Conventions
+
+    for b in ("ogbench", "robomimic"):
+        bench = get_benchmark(b)
+        for name in bench.recipe_names():
+            assert bench.load_recipe(name, "paper").finetune.conventions == Conventions.reference(), (b, name)
+            assert bench.load_recipe(name, "cpu-small").finetune.conventions == Conventions(), (b, name)

@@ -39,7 +39,8 @@ def prior_spec(recipe: RecipeBase, train: Any, seed: int) -> dict[str, Any]:
         h.update(np.ascontiguousarray(t.numpy()).tobytes())
     f = recipe.finetune
     return {"seed": seed, "bc_steps": recipe.bc_steps, "horizon": recipe.horizon, "policy": to_dict(f.policy),
-            "batch_size": f.batch_size, "lr": f.lr, "data": {"rows": len(train), "sha1": h.hexdigest()}}
+            "batch_size": f.batch_size, "lr": f.lr, "conventions": to_dict(f.conventions),
+            "data": {"rows": len(train), "sha1": h.hexdigest()}}
 
 
 def bc_prior(recipe: RecipeBase, train: Any, seed: int, folder: Path, progress: bool = False) -> Any:
@@ -47,17 +48,20 @@ def bc_prior(recipe: RecipeBase, train: Any, seed: int, folder: Path, progress: 
     from, ``bc_prior.json``): every method of the seed starts from it."""
     from trqam_sdk.adapters import load_policy
     from trqam_sdk.adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
-    from trqam_sdk.training.finetuner import pretrain_bc
+    from trqam_sdk.networks.mlp import reinit_
+    from trqam_sdk.training.bc import pretrain_bc
 
     spec, spec_file = prior_spec(recipe, train, seed), folder / "bc_prior.json"
     if (folder / "model.safetensors").is_file() and spec_file.is_file() and json.loads(spec_file.read_text()) == spec:
         return load_policy(folder)
-    p = recipe.finetune.policy
+    p, conv = recipe.finetune.policy, recipe.finetune.conventions
     torch.manual_seed(seed)
     policy = MLPFlowPolicy(MLPPolicyConfig(train.obs_dim, recipe.horizon, train.action_dim, p.width, p.depth,
                                            p.layer_norm))
+    if conv.init != "lecun_normal":  # the adapter builds lecun-normal kernels: re-draw them, same seeded stream
+        reinit_(policy, conv.init)
     pretrain_bc(policy, train, recipe.bc_steps, batch_size=recipe.finetune.batch_size, lr=recipe.finetune.lr,
-                seed=seed, progress=progress)
+                seed=seed, progress=progress, conventions=conv)
     policy.save_pretrained(folder)
     (folder / "prior_eval.json").unlink(missing_ok=True)  # an evaluation of an older prior
     atomic_write_text(spec_file, json.dumps(spec, indent=1))
