@@ -1,0 +1,63 @@
+"""Behaviour preserved across refactors: a fixed-seed tiny demo run logs exactly what the code logged before the
+restructure of issue 9 (commit a983887, recorded in tests/data/), old flat metric names mapped to the new ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DATA = Path(__file__).parent / "data"
+NEW = {"critic_loss": "critic/loss", "q_mean": "critic/q_mean", "target_mean": "critic/target_mean",
+       "adj_loss": "actor/adj_loss", "bc_loss": "actor/bc_loss", "path_kl": "actor/path_kl",
+       "action_abs": "actor/action_abs", "adjoint_norm": "actor/adjoint_norm", "kl_ema": "dual/kl_ema",
+       "lam": "dual/lam", "kl_budget": "dual/kl_budget", "loss": "train/loss", "grad_norm": "train/grad_norm",
+       "nonfinite_skips": "train/nonfinite_skips", "step": "step"}
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(r) for r in path.read_text().splitlines() if r.strip()]
+
+
+def test_demo_metrics_match_the_pre_restructure_recording(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "trqam_sdk.cli", "demo", "--dataset-episodes", "6", "--episode-length", "301",
+           "--data-dir", str(tmp_path / "data"), "--bc-steps", "150", "--steps", "60", "--width", "64",
+           "--critic-width", "64", "--num-critics", "2", "--batch-size", "64", "--episodes", "2",
+           "--eval-max-steps", "50", "--workers", "1", "--threads", "1", "--seeds", "0",
+           "--output-dir", str(tmp_path / "demo"), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = _rows(DATA / "demo_metrics_a983887.jsonl")
+    after = _rows(tmp_path / "demo" / "cube-single" / "task1" / "trqam" / "seed0" / "metrics.jsonl")
+    assert len(before) == len(after) == 20
+    for old, new in zip(before, after, strict=True):
+        for key, value in old.items():
+            assert abs(new[NEW[key]] - value) <= 1e-6 * max(1.0, abs(value)), (old["step"], key, value, new[NEW[key]])
+
+
+def test_tiny_pi0_finetune_matches_the_pre_restructure_recording(tmp_path_factory, tmp_path: Path) -> None:  # noqa: ANN001
+    """`trqam lerobot-train --tiny` on the shared tiny pi0 (6 updates): the recording was made with the old code
+    plus the one change this restructure made on that path, seeding the critic's initialisation."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from lerobot_tiny import ACTION_DIM, STATE_DIM, tiny
+
+    from trqam_sdk.integrations.lerobot.data import write_synthetic_dataset
+
+    root = tmp_path_factory.getbasetemp() / "lerobot-tiny"
+    model = tiny("pi0", root)
+    dataset = tmp_path / "dataset"
+    write_synthetic_dataset(dataset, episodes=4, length=12, state_dim=STATE_DIM, action_dim=ACTION_DIM)
+    cmd = [sys.executable, "-m", "trqam_sdk.cli", "lerobot-train", "--policy", str(model.checkpoint), "--dataset",
+           str(dataset), "--repo-id", "local/trqam-synthetic", "--steps", "6", "--batch-size", "4", "--flow-steps",
+           "3", "--output-dir", str(tmp_path / "run"), "--tiny"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = _rows(DATA / "pi0_metrics_a983887_seeded.jsonl"), _rows(tmp_path / "run" / "metrics.jsonl")
+    assert len(before) == len(after) == 6
+    for old, new in zip(before, after, strict=True):
+        for key, value in old.items():
+            assert abs(new[NEW[key]] - value) <= 1e-6 * max(1.0, abs(value)), (old["step"], key, value, new[NEW[key]])
