@@ -204,7 +204,7 @@ def test_xavier_uniform_bounds_mlp_ensemble_and_reinit():
         for k in range(3):
             _check_xavier(w[k], w.shape[1], w.shape[2])
     q = QEnsemble(4, 6, num_critics=2, width=64, depth=2, init="xavier_uniform")
-    assert float(q.net.weights[0].abs().max()) <= math.sqrt(6 / (10 + 64))
+    assert float(q.net.weights[0].detach().abs().max()) <= math.sqrt(6 / (10 + 64))
     policy = _policy()
     with torch.no_grad():
         policy.net.hidden[0].bias.fill_(3.0)
