@@ -9,7 +9,6 @@ critics, KL or λ. Checkpoints keep :attr:`Agent.policy` (loadable alone) apart 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -98,6 +97,3 @@ class Agent(nn.Module):
         fingerprinted, since the prior passed on resume rebuilds them."""
         return ()
 
-
-def options_dict(options: Any) -> dict[str, Any]:
-    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
