@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from trqam_sdk.config import FinetuneConfig, from_dict
-from trqam_sdk.methods.registry import method_names
+from trqam_sdk.config import FinetuneConfig, from_dict, to_dict
+from trqam_sdk.methods.registry import get_method, method_names
 from trqam_sdk.strict_yaml import deep_merge, load_yaml_mapping
 
 
@@ -73,6 +73,9 @@ class RecipeBase:
     """torch threads of the training process"""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """widths, critic, batch, flow steps...; method/steps/seed/ε are set per run from the fields above"""
+    per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """method name → overrides of ``finetune`` for that method only (its ``method_options``, a τ or a grad clip
+    of its own: QAM Table 4's per-domain values), deep-merged last"""
     eval: EvalConfig = field(default_factory=EvalConfig)
     paper: dict[str, Any] = field(default_factory=dict)
     """provenance only: the paper's numbers for this domain (not read by the runner)"""
@@ -83,11 +86,16 @@ class RecipeBase:
         if method == PRIOR or method not in method_names():
             raise ValueError(f"method {method!r} does not fine-tune; choose one of {finetuning_methods()}")
         cfg = copy.deepcopy(self.finetune)
-        cfg.method, cfg.seed, cfg.output_dir, cfg.qam_tau = method, seed, output_dir, self.qam_tau
+        cfg.qam_tau = self.qam_tau
+        if method in self.per_method:
+            cfg = from_dict(FinetuneConfig, deep_merge(to_dict(cfg), self.per_method[method]),
+                            where=f"per_method.{method}")
+        cfg.method, cfg.seed, cfg.output_dir = method, seed, output_dir
         cfg.steps = self.offline_steps + self.online_steps
         cfg.trust_region.kl_budget = self.kl_budget
         if self.online_steps and self.kl_budget_online is not None:
             cfg.trust_region.kl_budget_schedule = [(self.offline_steps, self.kl_budget_online)]
+        get_method(method).parse_options(cfg.method_options)  # a bad option fails before data or BC
         return cfg
 
 
@@ -117,4 +125,7 @@ def load_profiled[R: RecipeBase](cls: type[R], path: Path, profile: str,
     bad = [m for m in recipe.methods if m not in method_names()]
     if bad:
         raise ValueError(f"{path}: unknown methods {bad}; known methods: {method_names()}")
+    bad = [m for m in recipe.per_method if m not in method_names()]
+    if bad:
+        raise ValueError(f"{path}: per_method names unknown methods {bad}; known methods: {method_names()}")
     return recipe

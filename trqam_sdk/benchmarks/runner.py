@@ -70,11 +70,15 @@ def bc_prior(recipe: RecipeBase, train: Any, seed: int, folder: Path, progress: 
 
 def evaluate_policy(bench: Benchmark, recipe: RecipeBase, task: str, policy: Any, seed: int,
                     progress: bool = False, desc: str = "eval") -> dict[str, float]:
-    """``recipe.eval.episodes`` episodes of ``policy`` on env seeds derived from ``seed`` (see rollout.evaluation)."""
+    """``recipe.eval.episodes`` episodes of ``policy`` on env seeds derived from ``seed`` (see rollout.evaluation).
+
+    ``policy`` is a flow policy (sampled by its ODE) or an acting policy from ``Agent.make_actor``."""
+    from trqam_sdk.adapters.base import FlowPolicy
     from trqam_sdk.rollout.evaluation import FlowActor, evaluate
 
     e = recipe.eval
-    return evaluate(FlowActor(policy, recipe.finetune.flow_steps), bench.env_factory(recipe, task, "eval"),
+    act = FlowActor(policy, recipe.finetune.flow_steps) if isinstance(policy, FlowPolicy) else policy
+    return evaluate(act, bench.env_factory(recipe, task, "eval"),
                     e.episodes, seed=seed, workers=e.workers or None, progress=progress, desc=desc)
 
 
@@ -158,7 +162,7 @@ def _finetune(bench: Benchmark, recipe: RecipeBase, task: str, method: str, seed
         ft.log_to_trackers({f"eval/{k}": float(v) for k, v in res.items()}, step)
 
     def evaluate(desc: str) -> dict[str, float]:
-        return evaluate_policy(bench, recipe, task, ft.agent.actor, seed, progress, desc)
+        return evaluate_policy(bench, recipe, task, ft.agent.make_actor(seed), seed, progress, desc)
 
     def periodic(step: int) -> None:
         if every and step and step % every == 0:
@@ -175,13 +179,12 @@ def _finetune(bench: Benchmark, recipe: RecipeBase, task: str, method: str, seed
     out: dict[str, Any] = {"offline_success": offline["success_rate"]}
     if recipe.online_steps:
         from trqam_sdk.data.replay import ReplayBuffer
-        from trqam_sdk.rollout.evaluation import FlowActor
         from trqam_sdk.rollout.online import OnlineCollector
 
         buffer = ReplayBuffer(train, recipe.horizon, recipe.online_steps)
         ft.sampler = buffer  # uniform over offline + online rows from here on
         env = bench.env_factory(recipe, task, "online")()
-        collector = OnlineCollector(env, FlowActor(ft.agent.actor, cfg.flow_steps, seed), buffer, seed=seed + 77)
+        collector = OnlineCollector(env, ft.agent.make_actor(seed), buffer, seed=seed + 77)
 
         def online(step: int) -> None:
             collector.step(step)
@@ -196,10 +199,9 @@ def _finetune(bench: Benchmark, recipe: RecipeBase, task: str, method: str, seed
         out.update(online_success=last["success_rate"], online_episodes=collector.episodes,
                    online_train_successes=collector.successes, online_rows=buffer.online_size)
     if video:
-        from trqam_sdk.rollout.evaluation import FlowActor
         from trqam_sdk.rollout.video import record_episode
 
-        out["video"] = str(record_episode(FlowActor(ft.agent.actor, cfg.flow_steps),
+        out["video"] = str(record_episode(ft.agent.make_actor(),
                                           bench.env_factory(recipe, task, "video"), rdir / "video.mp4", seed))
     out.update(_headline(last), phases=phases, steps=ft.step, final_metrics=final)
     if getattr(ft.agent, "lam", None) is not None:

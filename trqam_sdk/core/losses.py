@@ -69,3 +69,23 @@ def td_target(rewards: Tensor, mask: Tensor, next_q: Tensor, discount: float, rh
 def critic_loss(q: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """Mean over members and states of valid-weighted squared TD error; q (K, B), target/valid (B,)."""
     return ((q - target.detach()).square() * valid).mean()
+
+
+def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
+    """IQL's asymmetric square |κ − 1[u < 0]| u² elementwise on u = ``diff`` (target − prediction); κ = 0.5 is
+    half the squared error, κ → 1 fits an upper expectile (the max over in-support actions)."""
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return weight * diff.square()
+
+
+def linex_loss(delta: Tensor, clip: float = 5.0) -> Tensor:
+    """Linex exp(Δ) − Δ − 1 elementwise on Δ = τ (target − prediction), continued linearly (value and slope
+    matched) past ``clip`` so a large Δ cannot blow up (the Huber-style guard of QAM Appendix C.1, eq. 70).
+
+    Minimised in the prediction q̂ with Δ = τ (y − q̂), its optimum is q̂ = (1/τ) log E[exp(τ y)] (eq. 66): the
+    soft maximum that classifier guidance needs. ``−Δ − 1`` only shifts the paper's exp(Δ) + τ q̂ by a
+    constant in q̂ (both have the same gradient); it makes the loss 0 at Δ = 0."""
+    c = torch.as_tensor(clip, dtype=delta.dtype, device=delta.device)
+    inside = torch.exp(torch.minimum(delta, c)) - torch.minimum(delta, c) - 1.0
+    slope = torch.exp(c) - 1.0
+    return torch.where(delta > c, inside + slope * (delta - c), inside)

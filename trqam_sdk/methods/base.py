@@ -32,6 +32,37 @@ class Noise:
     """the axis split across processes (the SDE noise (T-1, B, D) has it at 1)"""
 
 
+class FlowActor:
+    """Picklable acting policy of a flow: Euler ODE sample of ``policy``, clipped to its box (``Agent.act``).
+
+    Passing this (rather than a bound method of the agent) ships only the policy's weights to the workers.
+    """
+
+    def __init__(self, policy: FlowPolicy, flow_steps: int = 10, seed: int = 0):
+        self.policy, self.flow_steps, self.seed = policy.eval(), flow_steps, seed
+        self.generator: torch.Generator | None = None
+
+    def reseed(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, obs: Any) -> Tensor:
+        return self.policy.sample(obs, self.flow_steps, self.generator)
+
+
+class AgentActor(FlowActor):
+    """Picklable acting policy of a method whose actions need more than the flow (a critic for best-of-N or
+    guidance, a noise-space or edit policy): calls ``agent.act(obs, generator)``. The whole agent is shipped
+    to evaluation workers, so keep what ``act`` needs in the agent and nothing heavy besides."""
+
+    def __init__(self, agent: Agent, seed: int = 0):
+        self.agent, self.seed = agent.eval(), seed
+        self.generator = None
+
+    def __call__(self, obs: Any) -> Tensor:
+        with torch.no_grad():
+            return self.agent.act(obs, self.generator)
+
+
 @dataclass
 class NoOptions:
     """A method without options of its own."""
@@ -90,6 +121,14 @@ class Agent(nn.Module):
     def act(self, obs: Any, generator: torch.Generator | None = None) -> Tensor:
         """Evaluation policy: (B, H, A) chunks in the box."""
         return self.policy.sample(obs, self.flow_steps, generator)
+
+    def make_actor(self, seed: int = 0) -> FlowActor:
+        """The picklable acting policy the evaluator, the online collector and videos call (obs → chunk).
+
+        The default samples :attr:`policy` alone (what ``policy/`` checkpoints and the Hub hold); a method
+        whose actions need its other networks returns ``AgentActor(self, seed)`` so they go through :meth:`act`.
+        """
+        return FlowActor(self.policy, self.flow_steps, seed)
 
     # -- what a checkpoint writes -------------------------------------------------------------------------
     def frozen_prefixes(self) -> tuple[str, ...]:

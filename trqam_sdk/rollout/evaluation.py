@@ -14,28 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from trqam_sdk.adapters.base import FlowPolicy
+from trqam_sdk.methods.base import AgentActor, FlowActor
 from trqam_sdk.rollout.episode import ActFn, EnvFactory, run_episode
 from trqam_sdk.rollout.stats import wilson_interval
 
-
-class FlowActor:
-    """Picklable evaluation policy: Euler ODE sample of a flow policy, clipped to its box (= TRQAMAgent.act).
-
-    Passing this (rather than a bound method of the agent) ships only the actor weights to the workers.
-    """
-
-    def __init__(self, policy: FlowPolicy, flow_steps: int = 10, seed: int = 0):
-        self.policy, self.flow_steps, self.seed = policy.eval(), flow_steps, seed
-        self.generator: torch.Generator | None = None
-
-    def reseed(self, seed: int) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __call__(self, obs: Tensor) -> Tensor:
-        return self.policy.sample(obs, self.flow_steps, self.generator)
+__all__ = ["AgentActor", "FlowActor", "episode_seeds", "evaluate", "summarize"]
 
 
 _WORKER: dict[str, Any] = {}

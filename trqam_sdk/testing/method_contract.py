@@ -15,6 +15,7 @@ tensors and resumes bit-exactly. Third parties use it for their own methods::
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -144,6 +145,18 @@ class MethodContract:
         alone = load_policy(ck / "policy")  # the policy loads on its own
         for k, v in alone.state_dict().items():
             assert torch.equal(v, resumed.policy.state_dict()[k]), k
+
+    def test_acting_policy_is_seeded_picklable_and_in_the_box(self, tmp_path: Path) -> None:
+        ft = self.finetuner(tmp_path)
+        ft.train(steps=2, progress=False)
+        act = pickle.loads(pickle.dumps(ft.agent.make_actor(0)))  # evaluation workers receive it pickled
+        obs = ft.data.observations[:5]
+        act.reseed(3)
+        a = act(obs)
+        assert a.shape == (5, self.horizon, ft.data.action_dim) and not a.requires_grad
+        assert torch.isfinite(a).all() and float(a.abs().max()) <= 1.0
+        act.reseed(3)
+        assert torch.equal(act(obs), a), "the same seed must give the same chunks"
 
     def test_unknown_method_option_is_an_error(self, tmp_path: Path) -> None:
         with pytest.raises((KeyError, ValueError, TypeError), match="no_such_option"):

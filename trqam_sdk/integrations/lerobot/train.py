@@ -59,9 +59,9 @@ def finetune_lerobot(cfg: FinetuneConfig, policy: str | Path, dataset: str | Pat
         summary = training_summary(ft, results={"final_critic_loss": metrics.get("critic/loss")},
                                    base_model=str(policy))
         summary["num_processes"] = acc.num_processes
-        out = save_pretrained(ft.agent.actor, Path(cfg.output_dir) / "policy", summary, push_to)
+        out = save_pretrained(ft.agent.policy, Path(cfg.output_dir) / "policy", summary, push_to)
         if push_to:
-            push_to_hub(ft.agent.actor, push_to, summary)
+            push_to_hub(ft.agent.policy, push_to, summary)
         result = {"policy": str(out), "steps": ft.step, "num_processes": acc.num_processes,
                   "lam": summary["final_lambda"], "kl_ema": summary["final_kl_ema"]}
     acc.wait_for_everyone()
