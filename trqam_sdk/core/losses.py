@@ -5,6 +5,7 @@ Shapes: T flow steps, B states, D = H*A flattened chunk dims, K critics.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -85,7 +86,8 @@ def linex_loss(delta: Tensor, clip: float = 5.0) -> Tensor:
     Minimised in the prediction q̂ with Δ = τ (y − q̂), its optimum is q̂ = (1/τ) log E[exp(τ y)] (eq. 66): the
     soft maximum that classifier guidance needs. ``−Δ − 1`` only shifts the paper's exp(Δ) + τ q̂ by a
     constant in q̂ (both have the same gradient); it makes the loss 0 at Δ = 0."""
+    if not 0 < clip <= 50:
+        raise ValueError(f"clip must be in (0, 50] (exp(clip) must stay finite in float32), got {clip!r}")
     c = torch.as_tensor(clip, dtype=delta.dtype, device=delta.device)
-    inside = torch.exp(torch.minimum(delta, c)) - torch.minimum(delta, c) - 1.0
-    slope = torch.exp(c) - 1.0
-    return torch.where(delta > c, inside + slope * (delta - c), inside)
+    d = torch.minimum(delta, c)
+    return torch.exp(d) - d - 1.0 + (math.exp(clip) - 1.0) * torch.relu(delta - c)

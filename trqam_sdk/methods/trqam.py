@@ -103,14 +103,19 @@ class TRQAMAgent(Agent):
                 "target_x0": Noise((batch, d)), "bc_x0": Noise((batch, d)), "bc_t": Noise((batch,), "uniform")}
 
     # -- the three losses --------------------------------------------------------------------------------
-    def critic_objective(self, batch: dict[str, Tensor],
-                         target_x0: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """TD on chunks: y = R + γ^H m (mean - ρ std) of Q̄ at a' = clip(ODE sample of v_θ at s') (SPEC §5)."""
+    def target_action(self, s_next: Any, target_x0: Tensor, noise: dict[str, Tensor] | None = None) -> Tensor:
+        """a' of the TD target, flat (B, D), no gradient: clip(ODE sample of v_θ at s') (SPEC §5). A variant
+        that acts with more than v_θ (QAM-E's edit) overrides it; ``noise`` is the update's noise."""
+        return sample_ode(self.actor.velocity_fn(self.actor.condition(s_next)), target_x0,
+                          self.cfg.flow_steps).clamp(-1.0, 1.0)
+
+    def critic_objective(self, batch: dict[str, Tensor], target_x0: Tensor,
+                         noise: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """TD on chunks: y = R + γ^H m (mean - ρ std) of Q̄ at a' = :meth:`target_action` at s' (SPEC §5)."""
         c = self.cfg.critic
         with torch.no_grad():
             s_next = batch["next_observations"]
-            a_next = sample_ode(self.actor.velocity_fn(self.actor.condition(s_next)), target_x0,
-                                self.cfg.flow_steps).clamp(-1.0, 1.0)
+            a_next = self.target_action(s_next, target_x0, noise)
             y = td_target(batch["rewards"], batch["masks"], self.target_critic(s_next, a_next.view_as(
                 batch["actions"])), c.discount, c.rho)
         q = self.critic(batch["observations"], batch["actions"])
@@ -161,7 +166,7 @@ class TRQAMAgent(Agent):
 
     def loss(self, batch: dict[str, Any], noise: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss of one update (critic + BC of the base + actor) and its metrics, incl. the batch D̂."""
-        q_loss, metrics = self.critic_objective(batch, noise["target_x0"])
+        q_loss, metrics = self.critic_objective(batch, noise["target_x0"], noise)
         if self.cfg.reference == "ema":
             bc_loss = self.bc_objective(batch, noise["bc_x0"], noise["bc_t"])
         else:
