@@ -3,6 +3,7 @@
 from trqam_sdk.adapters.base import ADAPTERS, ActionSpec, FlowPolicy, load_policy, repeat_condition, tree_map
 from trqam_sdk.adapters.lerobot import LeRobotPI0Policy, LeRobotPI05Policy, LeRobotSmolVLAPolicy
 from trqam_sdk.adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
+from trqam_sdk.adapters.onestep import OneStepPolicy as OneStepPolicy  # registers "one_step" for load_policy
 from trqam_sdk.adapters.wrappers import ResidualPolicy, ReversedTimePolicy
 
 __all__ = [

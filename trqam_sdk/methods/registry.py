@@ -14,11 +14,15 @@ METHODS: dict[str, type] = {}
 """name → agent class (a subclass of :class:`trqam_sdk.methods.base.Agent`)"""
 
 BUILTIN: dict[str, str] = {"bc": "trqam_sdk.methods.bc", "trqam": "trqam_sdk.methods.trqam",
-                           "qam": "trqam_sdk.methods.trqam", "qam_ext_kl": "trqam_sdk.methods.trqam"}
+                           "qam": "trqam_sdk.methods.trqam", "qam_ext_kl": "trqam_sdk.methods.trqam",
+                           "qam_edit": "trqam_sdk.methods.qam_edit", "fql": "trqam_sdk.methods.fql",
+                           "dsrl": "trqam_sdk.methods.dsrl", "ifql": "trqam_sdk.methods.ifql",
+                           "cgql_linex": "trqam_sdk.methods.cgql"}
 """built-in method name → module that registers it (imported on first lookup)"""
 
-FINETUNING = ("qam", "qam_ext_kl", "trqam")
-"""the built-in methods that fine-tune a prior against a critic (``bc`` evaluates / trains the prior itself)"""
+FINETUNING = ("fql", "cgql_linex", "dsrl", "ifql", "qam", "qam_ext_kl", "qam_edit", "trqam")
+"""the built-in methods that fine-tune a prior against a critic, in the order of the paper's Table 1 (``bc``
+evaluates / trains the prior itself)"""
 
 
 def register_method[C: type](name: str) -> Callable[[C], C]:
