@@ -1,8 +1,9 @@
 """`trqam lerobot-train`: flags for :func:`trqam_sdk.integrations.lerobot.train.finetune_lerobot`.
 
 ``trqam lerobot-train --policy user/pi0 --dataset root --output-dir runs/vla [--config cfg.yaml]
-[--set trust_region.kl_budget=0.1 ...]``. Without ``--config`` the base is the VLA defaults (frozen reference,
-batch 8, a 2 × 128 critic); with it, the file's FinetuneConfig (class defaults for what it leaves out).
+[--set trust_region.kl_budget=0.1 ...]`` (another method: ``--method dsrl --set method_options.sigma_z=1.0``).
+Without ``--config`` the base is the VLA defaults (frozen reference, batch 8, a 2 × 128 critic); with it, the
+file's FinetuneConfig (class defaults for what it leaves out).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from trqam_sdk.cli.args import add_config_arguments, config_from_args, int_at_least
 from trqam_sdk.config import FinetuneConfig
 
-SHORTHANDS = {"--steps": "steps", "--batch-size": "batch_size", "--flow-steps": "flow_steps",
+SHORTHANDS = {"--method": "method", "--steps": "steps", "--batch-size": "batch_size", "--flow-steps": "flow_steps",
               "--kl-budget": "trust_region.kl_budget"}
 
 

@@ -29,8 +29,10 @@ def training_summary(finetuner: Any, results: dict[str, Any] | None = None,
     names = {"step": "step", "path_kl": "actor/path_kl", "kl_ema": "dual/kl_ema", "lam": "dual/lam"}
     curve = [{short: row[key] for short, key in names.items() if key in row}
              for row in read_jsonl(Path(cfg.output_dir) / "metrics.jsonl")]
+    lam, kl_ema = getattr(agent, "lam", None), getattr(agent, "kl_ema", None)  # None: a method without a dual
     return {"base_model": base_model, "method": cfg.method, "kl_budget": cfg.trust_region.kl_budget,
-            "final_lambda": float(agent.lam), "final_kl_ema": float(agent.kl_ema), "steps": finetuner.step,
+            "final_lambda": None if lam is None else float(lam),
+            "final_kl_ema": None if kl_ema is None else float(kl_ema), "steps": finetuner.step,
             "kl_curve": curve, "results": results or {}, "config": to_dict(cfg)}
 
 
@@ -45,14 +47,19 @@ def model_card(policy: LeRobotFlowPolicy, summary: dict[str, Any], repo_id: str 
     rows = "\n".join(f"| {r.get('step')} | {r.get('path_kl', float('nan')):.4g} | {r.get('kl_ema', float('nan')):.4g} "
                      f"| {r.get('lam', float('nan')):.4g} |" for r in curve[-20:])
     lam, kl = summary.get("final_lambda", float("nan")), summary.get("final_kl_ema", float("nan"))
+    lam, kl = (float("nan") if v is None else v for v in (lam, kl))  # None: the method has no λ
     results = "\n".join(f"- **{k}**: {v}" for k, v in summary.get("results", {}).items()) or "- (none reported)"
+    method = summary.get("method")
+    name = "TRQAM" if method in (None, "trqam", "qam", "qam_ext_kl") else str(method)  # the card's wording
+    algo = ("**TRQAM** (Trust Region Q-Adjoint Matching," if name == "TRQAM"
+            else f"**{name}** (a baseline of the QAM paper,")
     content = f"""---
 {data.to_yaml()}
 ---
 
-# {repo_id or 'TRQAM fine-tuned ' + policy.lerobot_type}
+# {repo_id or name + ' fine-tuned ' + policy.lerobot_type}
 
-A LeRobot `{policy.lerobot_type}` policy fine-tuned off-policy with **TRQAM** (Trust Region Q-Adjoint Matching,
+A LeRobot `{policy.lerobot_type}` policy fine-tuned off-policy with {algo}
 trqam-sdk). It loads in lerobot as its own policy (`{type(policy.policy).__name__}.from_pretrained`) and in the
 SDK with `trqam_sdk.adapters.lerobot.from_pretrained`.
 

@@ -1,5 +1,6 @@
 """TRQAM fine-tune of a LeRobot pi0 / pi0.5 / SmolVLA checkpoint on a LeRobotDataset (the library side of
-`trqam lerobot-train`, whose flags live in :mod:`trqam_sdk.cli.lerobot_train`).
+`trqam lerobot-train`, whose flags live in :mod:`trqam_sdk.cli.lerobot_train`). Any registered method runs the
+same way (``method: dsrl``, ``--method dsrl``); every one gets the VLA critic built here (``vla_critic``).
 
 Runs on N processes under ``torchrun --nproc_per_node N -m trqam_sdk.cli lerobot-train ...`` (CPU, gloo) or
 ``accelerate launch``. The reference velocity is the frozen pretrained expert (``reference: frozen``), the VLM
