@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_oracles import GaussianPrior
 from torch import Tensor, nn
 
 from trqam_sdk.config import FinetuneConfig
@@ -19,6 +18,7 @@ from trqam_sdk.core.losses import critic_loss, linex_loss, td_target
 from trqam_sdk.methods.base import AgentActor, FlowActor
 from trqam_sdk.methods.bc import bc_flow_matching
 from trqam_sdk.methods.cgql import CGQLAgent, guidance_term, noisy_regression_loss
+from trqam_sdk.testing.gaussian import GaussianPrior
 from trqam_sdk.testing.method_contract import MethodContract
 
 OPTIONS = {"guidance": 0.5, "tau": 1.0, "noisy_weight": 0.1}

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import torch
-from test_oracles import GaussianPrior
 from torch import Tensor, nn
 
 from trqam_sdk.config import CriticConfig, FinetuneConfig
@@ -24,6 +23,7 @@ from trqam_sdk.core.flow import sample_ode
 from trqam_sdk.core.losses import critic_loss, td_target
 from trqam_sdk.data.transitions import Transitions
 from trqam_sdk.methods.dsrl import DSRLAgent
+from trqam_sdk.testing.gaussian import GaussianPrior
 from trqam_sdk.testing.method_contract import MethodContract
 from trqam_sdk.testing.toy import random_episodes
 from trqam_sdk.training.finetuner import Finetuner

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_oracles import GaussianPrior
 from torch import Tensor, nn
 from trqam_sdk.adapters import MLPFlowPolicy, MLPPolicyConfig, ResidualPolicy, load_policy
 from trqam_sdk.adapters.onestep import OneStepPolicy
@@ -23,6 +22,7 @@ from trqam_sdk.adapters.onestep import OneStepPolicy
 from trqam_sdk.core.flow import sample_ode
 from trqam_sdk.core.losses import critic_loss, td_target
 from trqam_sdk.methods.fql import FQLAgent
+from trqam_sdk.testing.gaussian import GaussianPrior
 from trqam_sdk.testing.method_contract import MethodContract
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_oracles import GaussianPrior
 from torch import Tensor, nn
 
 from trqam_sdk.config import FinetuneConfig
 from trqam_sdk.core.flow import sample_ode
 from trqam_sdk.core.losses import chunk_return, critic_loss, expectile_loss
 from trqam_sdk.methods.ifql import IFQLAgent, ValueNet
+from trqam_sdk.testing.gaussian import GaussianPrior
 from trqam_sdk.testing.method_contract import MethodContract
 
 

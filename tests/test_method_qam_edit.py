@@ -10,7 +10,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from test_oracles import GaussianPrior
 from torch import Tensor, nn
 
 from trqam_sdk.config import FinetuneConfig, PolicyConfig
@@ -19,6 +18,7 @@ from trqam_sdk.core.losses import td_target
 from trqam_sdk.core.squashed import gaussian_params
 from trqam_sdk.methods.base import AgentActor, FlowActor
 from trqam_sdk.methods.qam_edit import QAMEditAgent
+from trqam_sdk.testing.gaussian import GaussianPrior
 from trqam_sdk.testing.method_contract import MethodContract
 
 SIGMA_A = 0.3

@@ -19,11 +19,12 @@ import pytest
 import torch
 from torch import Tensor
 from torch.distributions import MultivariateNormal, kl_divergence
-from trqam_sdk.adapters import ActionSpec, FlowPolicy, MLPFlowPolicy, MLPPolicyConfig, ResidualPolicy
+from trqam_sdk.adapters import MLPFlowPolicy, MLPPolicyConfig, ResidualPolicy
 
 from trqam_sdk.core.dual import DualState, dual_update
 from trqam_sdk.core.flow import lean_adjoint, memoryless_g, sample_memoryless, sample_ode, time_grid
 from trqam_sdk.core.losses import adjoint_matching_loss, path_kl
+from trqam_sdk.testing.gaussian import GaussianPrior
 
 MU0 = torch.tensor([0.2, -0.1])
 SIGMA0 = torch.tensor([[0.3, -0.1], [-0.1, 0.4]])
@@ -37,28 +38,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-class GaussianPrior(FlowPolicy):
-    """The exact flow velocity of N(μ0, Σ0) in 2-D (closed form above), as a condition-free FlowPolicy."""
-
-    def __init__(self, mu: Tensor, cov: Tensor):
-        super().__init__()
-        self.spec = ActionSpec(1, 2)
-        self.mu, self.cov = mu, cov
-
-    def condition(self, obs: Tensor) -> Tensor:
-        return obs
-
-    def velocity(self, cond: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        t = t.to(x.dtype)[:, None]
-        s, mu = self.cov.to(x.dtype), self.mu.to(x.dtype)
-        c00, c11, c01 = (1 - t) ** 2 + t**2 * s[0, 0], (1 - t) ** 2 + t**2 * s[1, 1], t**2 * s[0, 1]
-        det = c00 * c11 - c01**2
-        r = x - t * mu
-        y0, y1 = (c11 * r[:, :1] - c01 * r[:, 1:]) / det, (c00 * r[:, 1:] - c01 * r[:, :1]) / det  # C_t⁻¹ r
-        k00, k11, k01 = t * s[0, 0] - (1 - t), t * s[1, 1] - (1 - t), t * s[0, 1]
-        return mu + torch.cat([k00 * y0 + k01 * y1, k01 * y0 + k11 * y1], dim=1)
 
 
 def test_gaussian_prior_velocity_is_exact() -> None:

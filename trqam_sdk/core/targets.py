@@ -8,7 +8,13 @@ from torch import nn
 
 @torch.no_grad()
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """target ← (1 - τ) target + τ source, over parameters and floating buffers."""
-    t = [p for p in target.parameters()] + [b for b in target.buffers() if b.is_floating_point()]
-    s = [p.detach() for p in source.parameters()] + [b for b in source.buffers() if b.is_floating_point()]
-    torch._foreach_lerp_(t, s, tau)
+    """target ← (1 - τ) target + τ source, over parameters and floating buffers.
+
+    Tensors the two modules share (a VLA copy's frozen VLM) are skipped — lerp of a tensor with itself is the
+    identity, so the values are the same without a pass over the backbone — and a module without tensors (a
+    fixed critic in a test) is a no-op."""
+    pairs = [(t, s) for t, s in zip([*target.parameters(), *target.buffers()],
+                                    [*source.parameters(), *source.buffers()], strict=True)
+             if t is not s and t.is_floating_point()]
+    if pairs:
+        torch._foreach_lerp_([t for t, _ in pairs], [s.detach() for _, s in pairs], tau)

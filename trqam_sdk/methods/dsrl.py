@@ -16,16 +16,16 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from trqam_sdk.adapters.base import FlowPolicy
 from trqam_sdk.config import FinetuneConfig
 from trqam_sdk.core.flow import sample_ode
-from trqam_sdk.core.losses import critic_loss, td_target
 from trqam_sdk.core.pytree import Cond, first_leaf, repeat_condition
 from trqam_sdk.core.squashed import gaussian_params, tanh_gaussian_sample, temperature_loss
+from trqam_sdk.core.targets import soft_update
 from trqam_sdk.methods.base import Agent, AgentActor, FlowActor, Noise
 from trqam_sdk.methods.bc import bc_flow_matching
+from trqam_sdk.methods.critics import build_critic, chunked_td_loss, frozen_call
 from trqam_sdk.methods.registry import register_method
 from trqam_sdk.networks.encoders import EncodedQEnsemble
 from trqam_sdk.networks.mlp import MLP, QEnsemble
@@ -73,32 +73,6 @@ class NoisePolicy(nn.Module):
         return gaussian_params(self.net(self.encoder(obs)))
 
 
-def frozen_call(module: nn.Module, *args: Any) -> Tensor:
-    """``module(*args)`` with its parameters detached: the output is differentiable in ``args`` only, so an actor
-    term evaluated through it leaves ``module``'s gradient exactly zero (one optimiser steps every loss)."""
-    params = {n: p.detach() for n, p in module.named_parameters()}
-    return functional_call(module, params, args)
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """target ← (1 − τ) target + τ source, skipping tensors the two share (a VLA copy's frozen VLM): same values
-    as ``core.targets.soft_update`` without a lerp over the backbone every step, and a no-op for a module without
-    tensors (a fixed critic)."""
-    pairs = [(t, s) for t, s in zip([*target.parameters(), *target.buffers()],
-                                    [*source.parameters(), *source.buffers()], strict=True)
-             if t is not s and t.is_floating_point()]
-    if pairs:
-        torch._foreach_lerp_([t for t, _ in pairs], [s.detach() for _, s in pairs], tau)
-
-
-def make_critic(cfg: FinetuneConfig, obs_dim: int, flat_dim: int) -> QEnsemble:
-    """The action critic Q_φ: a QEnsemble over [obs, flattened chunk] from ``cfg.critic`` (as TRQAM builds it;
-    a candidate to hoist for every critic-based method)."""
-    c = cfg.critic
-    return QEnsemble(obs_dim, flat_dim, c.num_critics, c.width, c.depth, c.layer_norm, init=cfg.conventions.init)
-
-
 @register_method("dsrl")
 class DSRLAgent(Agent):
     """Holds v_θ (``actor``, the saved policy), its EMA v_θ̃ (``target_actor``), π_ω (``noise_actor``),
@@ -139,7 +113,7 @@ class DSRLAgent(Agent):
             raise ValueError("dsrl with dict observations needs a critic with an `encoder` (e.g. "
                              "trqam_sdk.networks.encoders.vla_critic): its noise policy and noise critic copy it")
         else:
-            critic = critic or make_critic(cfg, data.obs_dim, d)
+            critic = critic or build_critic(cfg, data, d)
             noise_actor = NoisePolicy(None, data.obs_dim, d, c.width, c.depth, cfg.policy.layer_norm, init)
             noise_critic = QEnsemble(data.obs_dim, d, c.num_critics, c.width, c.depth, c.layer_norm, init=init)
         return cls(copy.deepcopy(policy), critic, noise_actor, noise_critic, cfg)
@@ -172,16 +146,12 @@ class DSRLAgent(Agent):
     # -- the losses -------------------------------------------------------------------------------------------
     def critic_objective(self, batch: dict[str, Any], next_eps: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """(83) with (26): y = R + γ^H m (mean − ρ std) Q̄(s', a'), a' = clip(ODE(v_θ̃(s'), z')), z' ~ π_ω(s')."""
-        c = self.cfg.critic
         with torch.no_grad():
             s_next = batch["next_observations"]
             z_next, _ = self.noise(s_next, next_eps)
             a_next = self.decode(s_next, z_next)
-            y = td_target(batch["rewards"], batch["masks"], self.target_critic(s_next, a_next), c.discount, c.rho)
-        q = self.critic(batch["observations"], batch["actions"])
-        loss = critic_loss(q, y, batch["valid"])
-        return loss, {"critic/loss": loss.detach(), "critic/q_mean": q.detach().mean(),
-                      "critic/target_mean": y.mean()}
+        return chunked_td_loss(self.critic, self.target_critic, batch, a_next.view_as(batch["actions"]),
+                               self.cfg.critic)
 
     def distill_objective(self, obs: Any, z_normal: Tensor, z_policy: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """(82): every member of Q^z_ψ(s, z) regressed to mean_k Q_φ,k(s, clip(ODE(v, z))), the target detached."""
@@ -232,9 +202,9 @@ class DSRLAgent(Agent):
     # -- after the optimiser step -----------------------------------------------------------------------------
     def after_step(self, metrics: dict[str, float], step: int) -> None:
         """EMA of the action critic (cfg.critic.target_tau) and of the BC flow (target_flow_tau)."""
-        ema_update(self.target_critic, self.critic, self.cfg.critic.target_tau)
+        soft_update(self.target_critic, self.critic, self.cfg.critic.target_tau)
         if self.opts.train_flow:
-            ema_update(self.target_actor, self.actor, self.opts.target_flow_tau)
+            soft_update(self.target_actor, self.actor, self.opts.target_flow_tau)
 
     def frozen_prefixes(self) -> tuple[str, ...]:
         """With a frozen BC flow its target copy never changes: rebuilt from the prior on resume."""

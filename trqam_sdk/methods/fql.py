@@ -19,48 +19,18 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from trqam_sdk.adapters.base import FlowPolicy
 from trqam_sdk.adapters.onestep import OneStepPolicy
-from trqam_sdk.config import CriticConfig, FinetuneConfig
+from trqam_sdk.config import FinetuneConfig
 from trqam_sdk.core.flow import sample_ode
-from trqam_sdk.core.losses import critic_loss, td_target
 from trqam_sdk.core.targets import soft_update
 from trqam_sdk.methods.base import Agent, Noise
 from trqam_sdk.methods.bc import bc_flow_matching
+from trqam_sdk.methods.critics import build_critic, chunked_td_loss, frozen_call
 from trqam_sdk.methods.registry import register_method
-from trqam_sdk.networks.mlp import QEnsemble, reinit_
+from trqam_sdk.networks.mlp import reinit_
 from trqam_sdk.schema import ranged
-
-# -- helpers shared with the other critic-based baselines (candidates to hoist into a common module) ------------
-
-
-def build_critic(cfg: FinetuneConfig, obs_dim: int, flat_dim: int, critic: nn.Module | None = None) -> nn.Module:
-    """The Q ensemble of cfg.critic over [obs, flattened chunk] (SPEC §2), unless one is given (a VLA's)."""
-    c = cfg.critic
-    return critic or QEnsemble(obs_dim, flat_dim, c.num_critics, c.width, c.depth, c.layer_norm,
-                               init=cfg.conventions.init)
-
-
-def frozen_call(module: nn.Module, *args: Any) -> Tensor:
-    """``module(*args)`` with its parameters detached: gradients reach the inputs (an action), never the module
-    (an actor term −Q(s, μ) must not train the critic, which one optimiser over the summed loss would do)."""
-    params = {n: p.detach() for n, p in module.named_parameters()}
-    return functional_call(module, params, args)
-
-
-def chunked_td_loss(critic: nn.Module, target_critic: nn.Module, batch: dict[str, Any], next_chunk: Tensor,
-                    c: CriticConfig) -> tuple[Tensor, dict[str, Tensor]]:
-    """SPEC §5: y = R + γ^H m (mean − ρ std)_k Q̄_k(s', a'), ``next_chunk`` = a' as (B, H, A), detached; loss the
-    valid-weighted squared error per member (the same objective as ``TRQAMAgent.critic_objective``)."""
-    with torch.no_grad():
-        y = td_target(batch["rewards"], batch["masks"], target_critic(batch["next_observations"], next_chunk),
-                      c.discount, c.rho)
-    q = critic(batch["observations"], batch["actions"])
-    loss = critic_loss(q, y, batch["valid"])
-    return loss, {"critic/loss": loss.detach(), "critic/q_mean": q.detach().mean(), "critic/target_mean": y.mean()}
-
 
 # -- FQL ---------------------------------------------------------------------------------------------------
 
@@ -103,7 +73,7 @@ class FQLAgent(Agent):
         inner = copy.deepcopy(policy)
         if cls.parse_options(cfg.method_options).policy_init == "fresh":
             reinit_(inner, cfg.conventions.init)
-        critic = build_critic(cfg, data.obs_dim, policy.spec.flat_dim, critic)
+        critic = build_critic(cfg, data, policy.spec.flat_dim, critic)
         return cls(OneStepPolicy(inner), copy.deepcopy(policy), critic, cfg)
 
     def noise_spec(self, batch: int) -> dict[str, Noise]:

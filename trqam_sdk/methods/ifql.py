@@ -27,7 +27,7 @@ from trqam_sdk.core.pytree import first_leaf, repeat_condition
 from trqam_sdk.core.targets import soft_update
 from trqam_sdk.methods.base import Agent, AgentActor, Noise
 from trqam_sdk.methods.bc import bc_flow_matching
-from trqam_sdk.methods.fql import build_critic
+from trqam_sdk.methods.critics import build_critic
 from trqam_sdk.methods.registry import register_method
 from trqam_sdk.networks.mlp import MLP
 from trqam_sdk.schema import ranged
@@ -77,7 +77,7 @@ class IFQLAgent(Agent):
         """The policy is a copy of the prior; critic and V are fresh (V over flat observations only)."""
         c = cfg.critic
         value = ValueNet(data.obs_dim, c.width, c.depth, c.layer_norm, cfg.conventions.init)
-        return cls(copy.deepcopy(policy), build_critic(cfg, data.obs_dim, policy.spec.flat_dim, critic), value, cfg)
+        return cls(copy.deepcopy(policy), build_critic(cfg, data, policy.spec.flat_dim, critic), value, cfg)
 
     def noise_spec(self, batch: int) -> dict[str, Noise]:
         """Only the BC flow matching draws noise: the implicit backup needs no next action."""

@@ -24,6 +24,7 @@ from trqam_sdk.core.flow import sample_ode
 from trqam_sdk.core.pytree import first_leaf
 from trqam_sdk.core.squashed import gaussian_params, tanh_gaussian_sample, temperature_loss
 from trqam_sdk.methods.base import AgentActor, FlowActor, Noise
+from trqam_sdk.methods.critics import build_critic, frozen_call
 from trqam_sdk.methods.registry import register_method
 from trqam_sdk.methods.trqam import QAMAgent
 from trqam_sdk.networks.mlp import MLP, QEnsemble
@@ -46,13 +47,6 @@ class QAMEditOptions:
     """hidden width of π_ω's MLP; None: the policy's (``policy.width``)"""
     edit_depth: int | None = ranged(None, ge=1)
     """hidden layers of π_ω's MLP; None: the policy's (``policy.depth``)"""
-
-
-def detached_call(module: nn.Module, *args: Any) -> Tensor:
-    """``module(*args)`` with its parameters detached: gradients reach the inputs, never the module (an actor
-    term like −Q(s, a) must not move the critic when one optimiser steps the summed loss)."""
-    params = {n: p.detach() for n, p in module.named_parameters()}
-    return torch.func.functional_call(module, params, args)
 
 
 class EditPolicy(nn.Module):
@@ -102,9 +96,7 @@ class QAMEditAgent(QAMAgent):
     @classmethod
     def build(cls, cfg: FinetuneConfig, policy: FlowPolicy, data: Any, critic: nn.Module | None = None) -> QAMEditAgent:
         """QAM's networks (built in QAM's order, so σ_a = 0 draws the same initial weights), then π_ω."""
-        c = cfg.critic
-        critic = critic or QEnsemble(data.obs_dim, policy.spec.flat_dim, c.num_critics, c.width, c.depth,
-                                     c.layer_norm, init=cfg.conventions.init)
+        critic = build_critic(cfg, data, policy.spec.flat_dim, critic)
         sigma_a = cls.parse_options(cfg.method_options).sigma_a
         obs_dim = data.obs_dim if sigma_a > 0 else None
         return cls(copy.deepcopy(policy), copy.deepcopy(policy), critic, cfg, obs_dim)
@@ -149,7 +141,7 @@ class QAMEditAgent(QAMAgent):
         assert self.edit is not None
         delta, log_prob = self.edit.sample(obs, a_tilde.detach(), eps)
         action = self.edited(a_tilde.detach(), delta)
-        q = detached_call(self.critic, obs, action.view(action.shape[0], self.spec.horizon, -1)).mean(dim=0)
+        q = frozen_call(self.critic, obs, action.view(action.shape[0], self.spec.horizon, -1)).mean(dim=0)
         alpha = self.log_alpha.exp()
         edit_loss = (alpha.detach() * log_prob - q).mean()
         alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)

@@ -24,11 +24,12 @@ from trqam_sdk.core.flow import (
     sample_ode,
     time_grid,
 )
-from trqam_sdk.core.losses import adjoint_matching_loss, critic_loss, path_kl, td_target
+from trqam_sdk.core.losses import adjoint_matching_loss, path_kl
 from trqam_sdk.core.pytree import repeat_condition
 from trqam_sdk.core.targets import soft_update
 from trqam_sdk.methods.base import Agent, Noise
 from trqam_sdk.methods.bc import bc_flow_matching
+from trqam_sdk.methods.critics import build_critic, chunked_td_loss
 from trqam_sdk.methods.registry import register_method
 from trqam_sdk.networks.mlp import QEnsemble
 
@@ -77,9 +78,7 @@ class TRQAMAgent(Agent):
     def build(cls, cfg: FinetuneConfig, policy: FlowPolicy, data: Any, critic: nn.Module | None = None) -> Agent:
         """v_θ and the base start as copies of the prior; the critic is a Q ensemble over [obs, chunk] unless
         given (a VLA passes one with an observation encoder)."""
-        c = cfg.critic
-        critic = critic or QEnsemble(data.obs_dim, policy.spec.flat_dim, c.num_critics, c.width, c.depth,
-                                     c.layer_norm, init=cfg.conventions.init)
+        critic = build_critic(cfg, data, policy.spec.flat_dim, critic)
         return cls(copy.deepcopy(policy), copy.deepcopy(policy), critic, cfg)
 
     # -- the hooks a variant overrides -----------------------------------------------------------------------
@@ -112,16 +111,10 @@ class TRQAMAgent(Agent):
     def critic_objective(self, batch: dict[str, Tensor], target_x0: Tensor,
                          noise: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """TD on chunks: y = R + γ^H m (mean - ρ std) of Q̄ at a' = :meth:`target_action` at s' (SPEC §5)."""
-        c = self.cfg.critic
         with torch.no_grad():
-            s_next = batch["next_observations"]
-            a_next = self.target_action(s_next, target_x0, noise)
-            y = td_target(batch["rewards"], batch["masks"], self.target_critic(s_next, a_next.view_as(
-                batch["actions"])), c.discount, c.rho)
-        q = self.critic(batch["observations"], batch["actions"])
-        loss = critic_loss(q, y, batch["valid"])
-        return loss, {"critic/loss": loss.detach(), "critic/q_mean": q.detach().mean(),
-                      "critic/target_mean": y.mean()}
+            a_next = self.target_action(batch["next_observations"], target_x0, noise)
+        return chunked_td_loss(self.critic, self.target_critic, batch, a_next.view_as(batch["actions"]),
+                               self.cfg.critic)
 
     def bc_objective(self, batch: dict[str, Tensor], x0: Tensor, t: Tensor) -> Tensor:
         """Flow matching of the base on dataset chunks (the BC method's loss), padded steps masked out."""
