@@ -51,7 +51,8 @@ def test_recipes_are_complete() -> None:
         paper, small = load_recipe(name, "paper"), load_recipe(name, "cpu-small")
         assert (paper.bc_steps, paper.offline_steps, paper.online_steps) == (300_000, 1_000_000, 500_000)
         assert paper.horizon == (1 if "maze" in name else 5) and len(paper.seeds) == 8
-        assert paper.methods == ["bc", "qam", "qam_ext_kl", "trqam"] and paper.tasks == [1, 2, 3, 4, 5]
+        assert paper.methods == ["bc", "fql", "cgql_linex", "dsrl", "ifql", "qam", "qam_ext_kl", "qam_edit", "trqam"]
+        assert small.methods == ["bc", "qam", "qam_ext_kl", "trqam"] and paper.tasks == [1, 2, 3, 4, 5]
         assert small.offline_steps < 5000 and small.finetune.policy.width <= 256
         big = name in ("cube-triple", "cube-quadruple", "puzzle-4x4", "antmaze-giant")
         policy = paper.finetune.policy

@@ -4,7 +4,10 @@ Per (domain, method): each seed's success is averaged over the tasks it ran, the
 (population std, ddof = 0). Columns follow the benchmark's order; ``all`` averages the domains a method has.
 The pooled table adds up the episodes of every seed and task of a cell and gives its 95 % Wilson interval:
 it says how many episodes a number rests on (it ignores the spread between seeds, which the first table shows).
-The KL table is the Figure 5 contrast: the realised KL EMA D̄ against ε over the second half of training.
+The KL table is the Figure 5 contrast: the realised KL EMA D̄ against ε over the second half of training. The
+path-KL table has the Table 1 layout for the methods that log the batch path KL D̂ to their reference
+(``actor/path_kl``: TRQAM and the QAM family): per seed its mean over the second half of training, averaged over
+tasks, then mean ± std over seeds. Rows follow the paper's Table 1 (:func:`method_order`).
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from trqam_sdk.benchmarks.results import load_results, metric, phase_eval
 from trqam_sdk.io import read_jsonl
 from trqam_sdk.methods.registry import FINETUNING
 
-METHOD_NAMES = {"bc": "BC (prior)", "qam": "QAM", "qam_ext_kl": "QAM + External KL", "trqam": "TRQAM"}
-"""display names of the built-in methods (registered ones show by name)"""
+METHOD_NAMES = {"bc": "BC (prior)", "fql": "FQL", "cgql_linex": "CGQL-Linex", "dsrl": "DSRL", "ifql": "IFQL",
+                "qam": "QAM", "qam_ext_kl": "QAM + External KL", "qam_edit": "QAM-E", "trqam": "TRQAM"}
+"""display names of the built-in methods, as in the paper's Table 1 (registered ones show by name)"""
 
 Cell = tuple[float, float, int]
 
 
 def method_order(methods: set[str] | list[str]) -> list[str]:
-    """The prior, the built-in fine-tuning methods in the paper's order, then the others sorted."""
+    """The prior, the built-in fine-tuning methods in the paper's Table 1 order (``FINETUNING``: FQL, CGQL-Linex,
+    DSRL, IFQL, QAM, QAM + External KL, QAM-E, TRQAM), then the others (plugins) sorted."""
     known = ["bc", *FINETUNING]
     return [m for m in known if m in methods] + sorted(set(methods) - set(known))
 
@@ -66,15 +71,19 @@ def _domains(rows: list[dict[str, Any]], columns: dict[str, str]) -> list[str]:
     return [d for d in columns if d in present] + sorted(present - set(columns))
 
 
-def format_table(tab: dict[str, dict[str, Cell]], columns: dict[str, str] | None = None) -> str:
+def format_table(tab: dict[str, dict[str, Cell]], columns: dict[str, str] | None = None, digits: int = 1) -> str:
+    """One row per method in Table 1 order, one column per domain (the benchmark's order), then ``all`` (— when
+    the table has none, as the path-KL table)."""
     columns = columns or {}
     domains = _domains(list(tab.values()), columns)
     lines = ["| method | " + " | ".join(columns.get(d, d) for d in domains) + " | all |",
              "|" + "---|" * (len(domains) + 2)]
     for method in method_order(list(tab)):
         row = tab[method]
-        cells = [f"{row[d][0]:.1f} ± {row[d][1]:.1f} (n={row[d][2]})" if d in row else "—" for d in domains]
-        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + f" | {row['all'][0]:.1f} |")
+        cells = [f"{row[d][0]:.{digits}f} ± {row[d][1]:.{digits}f} (n={row[d][2]})" if d in row else "—"
+                 for d in domains]
+        total = f"{row['all'][0]:.{digits}f}" if "all" in row else "—"
+        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + f" | {total} |")
     return "\n".join(lines)
 
 
@@ -92,21 +101,51 @@ def format_pooled(pool: dict[str, dict[str, tuple[int, int]]], columns: dict[str
     return "\n".join(lines)
 
 
+def _logged(r: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The metrics.jsonl rows of a fine-tuning run that hold ``name`` ([] for the prior or a run without it)."""
+    path = Path(r["dir"]) / "metrics.jsonl"
+    if r["method"] == "bc" or not path.is_file():
+        return []
+    return [x for x in read_jsonl(path) if metric(x, name) is not None]
+
+
+def _second_half(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [x for x in rows if x["step"] > rows[-1]["step"] / 2]
+
+
+def path_kl(results: list[dict[str, Any]]) -> dict[str, dict[str, Cell]]:
+    """{method: {domain: (mean, std, n_seeds)}} of the batch path KL D̂ to the reference (``actor/path_kl``)
+    averaged over the second half of training, each seed's mean over its tasks first (as :func:`table`).
+    Methods that do not log a path KL are left out."""
+    per_seed: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for r in results:
+        rows = _logged(r, "path_kl")
+        if rows:
+            per_seed[(r["method"], r["domain"], r["seed"])].append(
+                float(np.mean([metric(x, "path_kl") for x in _second_half(rows)])))
+    cells: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (method, domain, _), xs in per_seed.items():
+        cells[method][domain].append(float(np.mean(xs)))
+    return {m: {d: (float(np.mean(v)), float(np.std(v)), len(v)) for d, v in doms.items()}
+            for m, doms in cells.items()}
+
+
 def kl_table(results: list[dict[str, Any]]) -> str:
     """Realised KL EMA vs ε per (domain, method): second-half mean, second-half max, final (mean ± std).
-    Methods without a KL EMA in their log (no trust region) are left out."""
+    Methods without a KL EMA in their log (no trust region) are left out; rows by domain, then Table 1 order."""
     groups: dict[tuple[str, str], list[tuple[float, float, float, float]]] = defaultdict(list)
     for r in results:
-        rows = [x for x in read_jsonl(Path(r["dir"]) / "metrics.jsonl") if metric(x, "kl_ema") is not None]
-        if r["method"] == "bc" or not rows:
+        rows = _logged(r, "kl_ema")
+        if not rows:
             continue
-        half = [x for x in rows if x["step"] > rows[-1]["step"] / 2]
+        half = _second_half(rows)
         kl = np.array([metric(x, "kl_ema") for x in half])
         groups[(r["domain"], r["method"])].append((kl.mean(), kl.max(), metric(rows[-1], "kl_ema"),
                                                    metric(rows[-1], "kl_budget", float("nan"))))
     lines = ["| domain | method | ε | D̄ mean, 2nd half | D̄ max, 2nd half | final D̄ | final D̄ / ε |",
              "|---|---|---|---|---|---|---|"]
-    for (domain, method), v in sorted(groups.items()):
+    order = {m: i for i, m in enumerate(method_order({m for _, m in groups}))}
+    for (domain, method), v in sorted(groups.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
         a = np.array(v)
         eps = a[0, 3]
         lines.append(f"| {domain} | {METHOD_NAMES.get(method, method)} | {eps:g} | {a[:, 0].mean():.3f} ± "
@@ -124,13 +163,16 @@ def aggregate(runs: str | Path, benchmark: str = "ogbench", phase: str = "offlin
         raise ValueError(f"phase must be offline or online, got {phase!r}")
     columns = get_benchmark(benchmark).columns
     results = load_results(runs, benchmark)
-    tab, pool = table(results, phase), pooled(results, phase)
+    tab, pool, kl = table(results, phase), pooled(results, phase), path_kl(results)
     text = (f"## {benchmark} success % ({phase}): mean ± std over seeds\n\n{format_table(tab, columns)}\n\n"
             f"## success % [95% Wilson interval] (episodes pooled over seeds and tasks)\n\n"
             f"{format_pooled(pool, columns)}\n\n## KL vs ε\n\n{kl_table(results)}\n")
+    if kl:
+        text += (f"\n## path KL D̂ to the reference (actor/path_kl, mean over the 2nd half of training): mean ± std "
+                 f"over seeds\n\n{format_table(kl, columns, digits=3)}\n")
     root = Path(runs)
     (root / f"table_{phase}.md").write_text(text)
-    (root / f"table_{phase}.json").write_text(json.dumps({"mean_std": tab, "pooled": pool}, indent=2))
+    (root / f"table_{phase}.json").write_text(json.dumps({"mean_std": tab, "pooled": pool, "path_kl": kl}, indent=2))
     if make_plots:
         from trqam_sdk.benchmarks.plots import plot_domain
 

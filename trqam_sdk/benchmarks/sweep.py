@@ -2,7 +2,8 @@
 
 Finished runs (their ``result.json``) are skipped, so re-running the same sweep resumes. A shard ``i/n`` takes
 every n-th (recipe, task, seed) group; all methods of one group stay in one process because they share that
-seed's BC prior.
+seed's BC prior. ``--methods all`` is the prior plus every registered fine-tuning method (built-in and plugins) in
+the paper's Table 1 order; every requested (recipe, method) is checked before the first run starts.
 """
 
 from __future__ import annotations
@@ -15,8 +16,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trqam_sdk.benchmarks.aggregate import method_order
 from trqam_sdk.benchmarks.base import Benchmark
+from trqam_sdk.benchmarks.recipes import PRIOR
 from trqam_sdk.benchmarks.runner import run_dir, run_one
+from trqam_sdk.methods.registry import method_names
+
+ALL = "all"
+"""the ``--methods`` name for every registered method"""
+
+
+def all_methods(prior: bool = True) -> list[str]:
+    """Every registered method in Table 1 order: the prior ``bc`` (unless ``prior`` is False), the built-in
+    fine-tuning methods (FQL, CGQL-Linex, DSRL, IFQL, QAM, QAM + External KL, QAM-E, TRQAM), then plugins'."""
+    return [m for m in method_order(method_names()) if prior or m != PRIOR]
+
+
+def expand_methods(names: list[str] | None, prior: bool = True) -> list[str] | None:
+    """``names`` with ``all`` expanded (:func:`all_methods`), duplicates dropped, order kept; an unknown name is
+    a ValueError listing the known ones. None or [] (no ``--methods``) is None: each recipe's own list."""
+    if not names:
+        return None
+    known = method_names()
+    bad = [m for m in names if m != ALL and m not in known]
+    if bad:
+        raise ValueError(f"unknown methods {bad}; known methods: {known} (or {ALL!r}: {all_methods(prior)})")
+    out: list[str] = []
+    for m in names:
+        out += [x for x in (all_methods(prior) if m == ALL else [m]) if x not in out]
+    return out
 
 
 @dataclass(frozen=True)
@@ -43,14 +71,21 @@ def parse_shard(text: str) -> tuple[int, int]:
 def plan(bench: Benchmark, recipes: list[str], profile: str, overrides: dict[str, Any] | None = None,
          tasks: list[str] | None = None, methods: list[str] | None = None, seeds: list[int] | None = None
          ) -> list[Group]:
-    """The groups of a sweep in a fixed order (the same for every shard); ``['all']``: every recipe."""
-    names = bench.recipe_names() if recipes == ["all"] else recipes
+    """The groups of a sweep in a fixed order (the same for every shard); ``['all']``: every recipe (and every
+    method). Each recipe's fine-tuning config is built for each of its methods here, so an unknown method or a
+    bad ``per_method`` option fails before any data is loaded or any prior trained."""
+    names = bench.recipe_names() if recipes == [ALL] else recipes
+    methods = expand_methods(methods)
     groups = []
     for name in names:
         r = bench.load_recipe(name, profile, overrides)
+        chosen = tuple(methods or r.methods)
+        for m in chosen:
+            if m != PRIOR:
+                r.finetune_config(m, 0, "unused")
         for task in [bench.check_task(r, str(t)) for t in tasks] if tasks else bench.tasks(r):
             for seed in r.seeds if seeds is None else seeds:
-                groups.append(Group(name, task, seed, tuple(methods or r.methods)))
+                groups.append(Group(name, task, seed, chosen))
     return groups
 
 

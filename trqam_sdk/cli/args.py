@@ -79,6 +79,16 @@ def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return deep_merge(base, parse_overrides(args.overrides))
 
 
+def add_methods_argument(p: argparse.ArgumentParser, default: list[str] | None, default_help: str) -> None:
+    """``--methods NAME [NAME ...]``: registered method names or ``all`` (expanded, and unknown names rejected,
+    by :func:`trqam_sdk.benchmarks.sweep.expand_methods` before any work)."""
+    from trqam_sdk.benchmarks.sweep import all_methods
+
+    p.add_argument("--methods", nargs="*", default=default, metavar="METHOD",
+                   help=f"registered methods ({', '.join(all_methods())}) or 'all' (every one, in the paper's "
+                        f"Table 1 order, plugins' after); default: {default_help}")
+
+
 def add_config_arguments(p: argparse.ArgumentParser, cls: type, shorthands: dict[str, str] | None = None,
                          config_help_text: str | None = None) -> None:
     """``--config``, repeatable ``--set``, optional short flags (``{"--steps": "steps"}``) and the field list

@@ -21,12 +21,15 @@ def benchmark_of(args: argparse.Namespace) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from trqam_sdk.benchmarks.sweep import all_methods
+
     a = parser.add_argument
     add_benchmark_option(parser)
     a("--recipe", required=True, help="a recipe name of the benchmark (e.g. cube-double, lift) or a YAML path")
     a("--profile", default="cpu-small", help="recipe profile: paper or cpu-small")
     a("--task", default=None, help="one of the recipe's tasks (OGBench: 1..5; default: the recipe's first)")
-    a("--method", default="trqam", help="bc (evaluate the BC prior) or a registered fine-tuning method")
+    a("--method", default="trqam", help="bc (evaluate the BC prior) or a registered fine-tuning method: "
+                                        f"{', '.join(all_methods(prior=False))} (or one a --plugin registers)")
     a("--seed", type=int, default=None, help="default: the recipe's first seed")
     a("--out", default=None, help="results root (default runs/<benchmark>)")
     add_recipe_arguments(parser)

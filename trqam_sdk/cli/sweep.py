@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from trqam_sdk.cli.args import add_recipe_arguments, recipe_overrides
+from trqam_sdk.cli.args import add_methods_argument, add_recipe_arguments, recipe_overrides
 from trqam_sdk.cli.run import add_benchmark_option, benchmark_of
 
 
@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--recipes", nargs="+", required=True, help="recipe names or YAML paths ('all': every recipe)")
     a("--profile", default="cpu-small")
     a("--tasks", nargs="*", default=None, help="default: each recipe's tasks")
-    a("--methods", nargs="*", default=None, help="default: each recipe's methods")
+    add_methods_argument(parser, None, "each recipe's methods (its profile's `methods:`)")
     a("--seeds", type=int, nargs="*", default=None, help="default: each recipe's seeds")
     a("--out", default=None, help="results root (default runs/<benchmark>)")
     a("--shard", default="0/1", help="i/n: run the i-th of n interleaved parts of the (recipe, task, seed) groups")

@@ -1,22 +1,27 @@
-"""`trqam bench`: time one full TRQAM update, count its matmul FLOPs, and report GEMM utilisation.
+"""`trqam bench`: time one full update of every method, count its matmul FLOPs, and report GEMM utilisation.
 
-One update is exactly what the finetuner does per step, in a single process: ``TRQAMAgent.forward``
-(critic TD loss, BC loss of the base, SDE rollout, terminal adjoint, lean adjoint, adjoint-matching loss
-and path KL), backward, global grad-norm clip, Adam step, EMA target updates and the dual step.
+One update is exactly what the finetuner does per step, in a single process (``Finetuner.update``): the
+method's loss (for TRQAM: critic TD loss, BC loss of the base, SDE rollout, terminal adjoint, lean adjoint,
+adjoint-matching loss and path KL), backward, global grad-norm clip, Adam step and the method's after-step
+hook (EMA target updates, the dual step).
 
-FLOPs are *model* FLOPs: 2 per multiply-add of every matmul the update executes, derived analytically
-from the code paths (:func:`analytic_flops`) and checked against ``torch.utils.flop_counter`` on one
-step. Utilisation = achieved GFLOP/s ÷ the fp32 GEMM peak measured in the same process with the same
-thread count, so it is comparable across machines and robust to (most of) the noise of a shared one.
-Only matmuls count, so time spent in GELU / LayerNorm / Adam / Python lowers utilisation.
+FLOPs are *model* FLOPs: 2 per multiply-add of every matmul the update executes. For TRQAM and the QAM
+variants that share its update (:data:`ANALYTIC`) they are derived from the code paths (:func:`analytic_flops`)
+and checked against a count with ``torch.utils.flop_counter``'s formulas on one step; for every other method
+(FQL, DSRL, IFQL, CGQL-Linex, QAM-E, plugins) they are that count, on one step (``flops_source``).
+Utilisation = achieved GFLOP/s ÷ the fp32 GEMM peak measured in the same process with the same thread
+count, so it is comparable across machines and robust to (most of) the noise of a shared one. Only matmuls
+count, so time spent in GELU / LayerNorm / Adam / Python lowers utilisation.
 """
 
 from __future__ import annotations
 
 import platform
+import shutil
 import statistics
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -54,6 +59,11 @@ CONFIGS: dict[str, BenchConfig] = {
 }
 
 
+ANALYTIC = ("trqam", "qam", "qam_ext_kl")
+"""methods whose update is TRQAMAgent's code path, which :func:`analytic_flops` follows (QAM changes only Λ,
+QAM + External KL adds λ·D̂: no matmul); every other method's FLOPs are counted"""
+
+
 # -- problem construction ---------------------------------------------------------------------------------
 @dataclass
 class Problem:
@@ -73,9 +83,10 @@ class Problem:
         return self.ft.cfg
 
 
-def finetune_config(bc: BenchConfig, output_dir: str) -> FinetuneConfig:
+def finetune_config(bc: BenchConfig, output_dir: str, method: str = "trqam") -> FinetuneConfig:
+    """The benchmarked run's config: ``method`` with its default options, the sizes of ``bc``."""
     return FinetuneConfig(
-        flow_steps=bc.flow_steps, batch_size=bc.batch, trackers=[], output_dir=output_dir,
+        method=method, flow_steps=bc.flow_steps, batch_size=bc.batch, trackers=[], output_dir=output_dir,
         policy=PolicyConfig(width=bc.width, depth=bc.depth, layer_norm=bc.actor_layer_norm),
         critic=CriticConfig(num_critics=bc.num_critics, width=bc.width, depth=bc.depth,
                             layer_norm=bc.critic_layer_norm))
@@ -92,18 +103,29 @@ def random_transitions(obs_dim: int, action_dim: int, rows: int, episode: int, s
                        next_observations=torch.randn(rows, obs_dim, generator=g))
 
 
-def build_problem(bc: BenchConfig, seed: int = 0, fused_adam: bool = False, output_dir: str | None = None) -> Problem:
-    """A Finetuner (its own agent and Adam) on random data of the configured shapes, and step 0's batch."""
+def build_problem(bc: BenchConfig, seed: int = 0, fused_adam: bool = False, output_dir: str | None = None,
+                  method: str = "trqam") -> Problem:
+    """A Finetuner of ``method`` (its own agent and Adam) on random data of the configured shapes, and step 0's
+    batch. Without ``output_dir`` the run folder (the finetuner's config.json) is a temporary one, removed when
+    the problem is garbage-collected."""
     torch.manual_seed(seed)
     out = output_dir or tempfile.mkdtemp(prefix="trqam-bench-")
     prior = MLPFlowPolicy(MLPPolicyConfig(bc.obs_dim, bc.horizon, bc.action_dim, bc.width, bc.depth,
                                           bc.actor_layer_norm))
     data = random_transitions(bc.obs_dim, bc.action_dim, rows=max(4 * bc.batch, 64), episode=32, seed=seed)
-    ft = Finetuner(finetune_config(bc, out), prior, data)
+    try:
+        ft = Finetuner(finetune_config(bc, out, method), prior, data)
+    except BaseException:
+        if output_dir is None:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if fused_adam:
         params = [p for p in ft.agent.parameters() if p.requires_grad]
         ft.optimizer = torch.optim.Adam(params, lr=ft.cfg.lr, fused=True)
-    return build_problem_from(ft)
+    problem = build_problem_from(ft)
+    if output_dir is None:
+        weakref.finalize(problem, shutil.rmtree, out, True)
+    return problem
 
 
 def build_problem_from(ft: Finetuner) -> Problem:
@@ -174,18 +196,31 @@ def analytic_flops(bc: BenchConfig, reference: str = "ema", reuse_rollout: bool 
 
 
 def counted_flops(step: Callable[[], Any]) -> int:
-    """Matmul FLOPs of one call of ``step`` as counted by ``torch.utils.flop_counter.FlopCounterMode``."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Matmul FLOPs of one call of ``step``, counted as ``torch.utils.flop_counter.FlopCounterMode`` counts them
+    (its per-op formulas, ``flop_registry``) but without its module tracker: the tracker's backward hooks on
+    module inputs break ``torch.autograd.grad`` with respect to a leaf input (CGQL's guidance ∇_x Q)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
 
-    counter = FlopCounterMode(display=False)
+    class Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.total += int(formula(*args, **kwargs, out_val=out))
+            return out
+
     compiled = networks.compile_enabled()
     networks.set_compile(False)  # count the eager ops: the compiled graphs run the very same matmuls
     try:
-        with counter:
+        with Count() as counter:
             step()
     finally:
         networks.set_compile(compiled)
-    return int(counter.get_total_flops())
+    return counter.total
 
 
 def gemm_peak_gflops(sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5) -> float:
@@ -203,46 +238,58 @@ def gemm_peak_gflops(sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5) ->
 
 # -- the benchmark ----------------------------------------------------------------------------------------
 def bench_config(bc: BenchConfig, steps: int, warmup: int, count: bool = True,
-                 fused_adam: bool = False) -> dict[str, Any]:
-    """Warm up (this is where ``torch.compile`` compiles), then time ``steps`` updates.
+                 fused_adam: bool = False, method: str = "trqam") -> dict[str, Any]:
+    """Warm up (this is where ``torch.compile`` compiles), then time ``steps`` updates of ``method``.
 
-    FLOPs are analytic and (optionally) counted by FlopCounterMode on one extra step.
+    FLOPs are analytic for :data:`ANALYTIC` methods (and, with ``count``, checked by FlopCounterMode on one
+    extra step); every other method's are counted by FlopCounterMode on one extra step, ``count`` or not.
+    The run folder is temporary and removed before returning.
     """
-    problem = build_problem(bc, fused_adam=fused_adam)
-    t0 = time.perf_counter()
-    for _ in range(max(warmup, 1)):
-        train_step(problem)
-    warm_s = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
+    with tempfile.TemporaryDirectory(prefix="trqam-bench-") as out:
+        problem = build_problem(bc, fused_adam=fused_adam, output_dir=out, method=method)
         t0 = time.perf_counter()
-        train_step(problem)
-        times.append(time.perf_counter() - t0)
-    flops = analytic_flops(bc, problem.cfg.reference, problem.agent.reuse_rollout_velocity)
-    ms = statistics.median(times) * 1e3
-    res: dict[str, Any] = {
-        "config": asdict(bc), "warmup_s": round(warm_s, 2),
-        "ms_per_step": ms, "ms_min": min(times) * 1e3, "ms_all": [round(x * 1e3, 2) for x in times],
-        "flops_per_step": flops["total"], "flops_breakdown": flops,
-        "gflops_per_s": flops["total"] / (ms * 1e-3) / 1e9,
-    }
-    if count:
-        res["flops_counted"] = counted_flops(lambda: train_step(problem))
-        res["flops_rel_diff"] = res["flops_counted"] / flops["total"] - 1.0
+        for _ in range(max(warmup, 1)):
+            train_step(problem)
+        warm_s = time.perf_counter() - t0
+        times = []
+        for _ in range(max(steps, 1)):
+            t0 = time.perf_counter()
+            train_step(problem)
+            times.append(time.perf_counter() - t0)
+        ms = statistics.median(times) * 1e3
+        res: dict[str, Any] = {"method": method, "config": asdict(bc), "warmup_s": round(warm_s, 2),
+                               "ms_per_step": ms, "ms_min": min(times) * 1e3,
+                               "ms_all": [round(x * 1e3, 2) for x in times], "compiled": networks.compile_enabled()}
+        if method in ANALYTIC:
+            flops = analytic_flops(bc, problem.cfg.reference, problem.agent.reuse_rollout_velocity)
+            res.update(flops_per_step=flops["total"], flops_breakdown=flops, flops_source="analytic")
+            if count:
+                res["flops_counted"] = counted_flops(lambda: train_step(problem))
+                res["flops_rel_diff"] = res["flops_counted"] / flops["total"] - 1.0
+        else:
+            res["flops_counted"] = res["flops_per_step"] = counted_flops(lambda: train_step(problem))
+            res["flops_source"] = "counted"
+        res["gflops_per_s"] = res["flops_per_step"] / (ms * 1e-3) / 1e9
     return res
 
 
 def run_bench(configs: list[str], steps: int, warmup: int, threads: int | None = None,
-              count: bool = True, compile: bool = True, fused_adam: bool = False) -> dict[str, Any]:
-    """The whole benchmark: the GEMM peak (best of before and after), then each config.
+              count: bool = True, compile: bool = True, fused_adam: bool = False,
+              methods: list[str] | None = None) -> dict[str, Any]:
+    """The whole benchmark: the GEMM peak (best of before and after), then each (config, method):
+    ``out[config][method]`` is one row; ``methods`` (default ``["trqam"]``; ``all`` expands to every registered
+    fine-tuning method in Table 1 order) is checked before any timing.
 
-    ``compile`` routes the MLP / ensemble forwards through ``torch.compile`` (falls back to eager, and
-    says so under ``compile_error``, if compilation fails). ``fused_adam`` swaps in ``Adam(fused=True)``
-    instead of the finetuner's default Adam.
+    ``compile`` routes the MLP / ensemble forwards through ``torch.compile`` (falls back to eager for the rest,
+    and says so under ``compile_error``, if compilation fails). ``fused_adam`` swaps in ``Adam(fused=True)``
+    instead of the finetuner's default Adam. A method whose update fails gets ``{"error": ...}`` as its row.
     """
+    from trqam_sdk.benchmarks.sweep import expand_methods
+
     for name in configs:
         if name not in CONFIGS:
             raise ValueError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
+    chosen = expand_methods(methods, prior=False) or ["trqam"]
     if threads:
         torch.set_num_threads(threads)
     out: dict[str, Any] = {}
@@ -251,23 +298,38 @@ def run_bench(configs: list[str], steps: int, warmup: int, threads: int | None =
     try:
         peak = gemm_peak_gflops()
         for name in configs:
-            try:
-                out[name] = bench_config(CONFIGS[name], steps, warmup, count, fused_adam)
-            except Exception as err:  # inductor needs a C++ compiler; never lose the benchmark to it
-                if not networks.compile_enabled():
-                    raise
-                networks.set_compile(False)
-                out["compile_error"] = f"{type(err).__name__}: {err}"[:500]
-                out[name] = bench_config(CONFIGS[name], steps, warmup, count, fused_adam)
+            out[name] = {m: _bench_one(out, CONFIGS[name], steps, warmup, count, fused_adam, m) for m in chosen}
         peak = max(peak, gemm_peak_gflops())
         out.update(compile=networks.compile_enabled(), fused_adam=fused_adam)
     finally:
         networks.set_compile(was)
     for name in configs:
-        out[name]["utilization"] = out[name]["gflops_per_s"] / peak
-    out.update(peak_gflops=peak, threads=torch.get_num_threads(), torch=torch.__version__,
+        for row in out[name].values():
+            if "gflops_per_s" in row:
+                row["utilization"] = row["gflops_per_s"] / peak
+    out.update(methods=chosen, peak_gflops=peak, threads=torch.get_num_threads(), torch=torch.__version__,
                cpu=platform.processor() or platform.machine(), load_avg=_load_avg())
     return out
+
+
+def _bench_one(out: dict[str, Any], bc: BenchConfig, steps: int, warmup: int, count: bool, fused_adam: bool,
+               method: str) -> dict[str, Any]:
+    """One row. A failure under ``torch.compile`` is retried eagerly: if that works, compilation was at fault
+    (inductor needs a C++ compiler) and the rest of the run stays eager (``compile_error``); if it fails too,
+    the row is the method's ``error`` — one method never loses the benchmark."""
+    try:
+        return bench_config(bc, steps, warmup, count, fused_adam, method)
+    except Exception as err:
+        if not networks.compile_enabled():
+            return {"method": method, "error": f"{type(err).__name__}: {err}"[:500]}
+        networks.set_compile(False)
+        try:
+            row = bench_config(bc, steps, warmup, count, fused_adam, method)
+        except Exception as eager:
+            networks.set_compile(True)
+            return {"method": method, "error": f"{type(eager).__name__}: {eager}"[:500]}
+        out["compile_error"] = f"{type(err).__name__}: {err}"[:500]
+        return row
 
 
 def _load_avg() -> list[float] | None:
