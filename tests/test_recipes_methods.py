@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -65,7 +64,7 @@ def test_per_method_values_reach_each_methods_config(benchmark: str, name: str, 
         cfg = recipe.finetune_config(method, 0, "x")
         assert cfg.method == method and cfg.method_options == want.get(method, {}), method
         no_clip = method in ("fql", "cgql_linex", "dsrl", "ifql")
-        assert cfg.grad_clip == (math.inf if no_clip else 1.0), method
+        assert cfg.grad_clip == (None if no_clip else 1.0), method
         qam_tau = SPEC6_TAU["cube-double" if name == "cube-single" else name]
         assert cfg.qam_tau == (edit_tau if method == "qam_edit" else qam_tau), method
         assert cfg.trust_region.kl_budget == recipe.kl_budget
@@ -93,8 +92,8 @@ def test_default_method_lists() -> None:
 
 
 def test_no_clip_is_clean_end_to_end(tmp_path: Path) -> None:
-    """grad_clip .inf: YAML / --set parse it, config.json and the checkpoint keep it (a resume accepts it), and
-    the update equals one with a clip that never binds (no NaN from inf / norm), unlike a binding clip."""
+    """grad_clip null (no clip): YAML / --set parse it, config.json (plain JSON: null) and the checkpoint keep it (a
+    resume accepts it), and the update equals one with a clip that never binds (no NaN), unlike a binding clip."""
     from trqam_sdk.adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
 
     from trqam_sdk.config import load_config
@@ -112,10 +111,13 @@ def test_no_clip_is_clean_end_to_end(tmp_path: Path) -> None:
         ft.train(progress=False)
         return ft
 
-    ft = run(".inf", str(tmp_path / "inf"))
-    assert ft.cfg.grad_clip == math.inf and ft.nonfinite_skips == 0
-    saved = json.loads((tmp_path / "inf" / "config.json").read_text())
-    assert from_dict(FinetuneConfig, saved) == ft.cfg and to_dict(ft.cfg)["grad_clip"] == math.inf
+    ft = run("null", str(tmp_path / "inf"))
+    assert ft.cfg.grad_clip is None and ft.nonfinite_skips == 0
+    text = (tmp_path / "inf" / "config.json").read_text()
+    assert '"grad_clip": null' in text and "Infinity" not in text
+    saved = json.loads(text)
+    assert from_dict(FinetuneConfig, saved) == ft.cfg and to_dict(ft.cfg)["grad_clip"] is None
+    assert run(".inf", str(tmp_path / "inf2")).nonfinite_skips == 0  # inf is accepted too: the same no-op clip
     loose, tight = run("1e30", str(tmp_path / "loose")), run("1e-4", str(tmp_path / "tight"))
     a, b, c = (torch.cat([p.detach().flatten() for p in f.agent.parameters()]) for f in (ft, loose, tight))
     assert torch.isfinite(a).all() and torch.equal(a, b) and not torch.equal(a, c)

@@ -116,7 +116,8 @@ class Finetuner:
             loss, metrics = self.model(batch, noise)
         self.optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        clip = math.inf if cfg.grad_clip is None else cfg.grad_clip  # inf: the norm, never a rescale
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip)
         keys = sorted(metrics)
         stats = acc.reduce(torch.stack([loss.detach().float(), torch.as_tensor(grad_norm).float()]
                                        + [metrics[k].float() for k in keys]), reduction="mean")
