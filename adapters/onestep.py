@@ -8,15 +8,13 @@ loaded (``load_policy``) and sampled alone like every other policy.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
-from trqam_sdk.adapters.base import Cond, FlowPolicy, first_leaf
-from trqam_sdk.adapters.wrappers import _build_inner, _inner_meta
+from trqam_sdk.adapters.base import Cond, first_leaf
+from trqam_sdk.adapters.wrappers import InnerWrapper
 
 
-class OneStepPolicy(FlowPolicy):
+class OneStepPolicy(InnerWrapper):
     """μ(s, z) = z + inner.velocity(inner.condition(s), z, 0): one Euler step of length 1 from the noise z.
 
     As a :class:`FlowPolicy`, its ``velocity`` is the inner field frozen at t = 0, so a T = 1 Euler ODE from z
@@ -25,20 +23,6 @@ class OneStepPolicy(FlowPolicy):
     """
 
     type_name = "one_step"
-
-    def __init__(self, inner: FlowPolicy):
-        super().__init__()
-        self.inner, self.spec = inner, inner.spec
-
-    def get_config(self) -> dict[str, Any]:
-        return {"inner": _inner_meta(self.inner)}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> OneStepPolicy:
-        return cls(_build_inner(config["inner"]))
-
-    def condition(self, obs: Tensor | dict[str, Tensor]) -> Cond:
-        return self.inner.condition(obs)
 
     def velocity(self, cond: Cond, x: Tensor, t: Tensor) -> Tensor:
         """The inner velocity at t = 0 whatever ``t``: one unit Euler step from z gives μ(s, z)."""

@@ -23,13 +23,9 @@ def _build_inner(meta: dict[str, Any]) -> FlowPolicy:
     return ADAPTERS[kind].from_config(meta["config"])
 
 
-class ReversedTimePolicy(FlowPolicy):
-    """Wrap a model that integrates from t' = 1 (noise) to t' = 0 (action) with v' ≈ noise - action.
-
-    SDK time t = 1 - t' and SDK velocity v = -v' (LeRobot's pi0 family uses this convention; SPEC §1).
-    """
-
-    type_name = "reversed_time"
+class InnerWrapper(FlowPolicy):
+    """Base of a policy that wraps one inner adapter and changes only its velocity: the spec, the conditioning and
+    the saved config (the inner adapter's record) are the inner's."""
 
     def __init__(self, inner: FlowPolicy):
         super().__init__()
@@ -39,11 +35,20 @@ class ReversedTimePolicy(FlowPolicy):
         return {"inner": _inner_meta(self.inner)}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ReversedTimePolicy:
+    def from_config(cls, config: dict[str, Any]) -> Any:
         return cls(_build_inner(config["inner"]))
 
-    def condition(self, obs: Tensor) -> Cond:
+    def condition(self, obs: Any) -> Cond:
         return self.inner.condition(obs)
+
+
+class ReversedTimePolicy(InnerWrapper):
+    """Wrap a model that integrates from t' = 1 (noise) to t' = 0 (action) with v' ≈ noise - action.
+
+    SDK time t = 1 - t' and SDK velocity v = -v' (LeRobot's pi0 family uses this convention; SPEC §1).
+    """
+
+    type_name = "reversed_time"
 
     def velocity(self, cond: Cond, x: Tensor, t: Tensor) -> Tensor:
         return -self.inner.velocity(cond, x, 1.0 - t)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -31,13 +31,7 @@ SIGMA0 = torch.tensor([[0.3, -0.1], [-0.1, 0.4]])
 W = torch.tensor([3.0, -1.5])  # Σ0 w = (1.05, -0.9): both components well resolved
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The toys are many tiny ops: one thread is fastest and immune to other processes on a busy box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one thread is fastest on a busy box
 
 
 def test_gaussian_prior_velocity_is_exact() -> None:
