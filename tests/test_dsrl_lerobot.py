@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -23,6 +25,7 @@ from trqam_sdk.core.flow import sample_ode
 from trqam_sdk.integrations.lerobot.data import lerobot_transitions, write_synthetic_dataset
 from trqam_sdk.methods.dsrl import DSRLAgent
 from trqam_sdk.networks.encoders import vla_critic
+from trqam_sdk.testing.method_contract import MethodContract
 from trqam_sdk.training.finetuner import Finetuner
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -151,3 +154,36 @@ def test_two_process_torchrun_dsrl(kind: str, root: Path, dataset_root: Path, tm
     init = dict(model.adapter.named_parameters())
     moved = [n for n, p in trained.named_parameters() if n in init and not torch.equal(p, init[n])]
     assert moved and all("expert" in n or "action_" in n or "time" in n or "state_proj" in n for n in moved), moved[:5]
+
+
+class TestDSRLContractTinySmolVLA(MethodContract):
+    """The shared method contract with DSRL on a tiny SmolVLA and a LeRobotDataset: the noise spec shards, the
+    loss is finite with namespaced metrics, updates move the expert, a run replays exactly, the checkpoint keeps
+    the lerobot policy apart and resumes bit-exactly, the acting policy is seeded, picklable and in the box."""
+
+    method = "dsrl"
+    options = {"sigma_z": 0.8}
+    horizon = CHUNK
+    _data: ClassVar[dict[str, Any]] = {}
+
+    def make_data(self) -> Any:
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        if "data" not in self._data:
+            root = Path(tempfile.mkdtemp(prefix="trqam-dsrl-contract-"))
+            self._data["model"] = tiny("smolvla", root)
+            write_synthetic_dataset(root / "dataset", episodes=3, length=10, state_dim=STATE_DIM,
+                                    action_dim=ACTION_DIM)
+            self._data["data"] = lerobot_transitions(LeRobotDataset("local/trqam-synthetic",
+                                                                    root=str(root / "dataset")),
+                                                     self._data["model"].pre)
+        return self._data["data"]
+
+    def make_policy(self, data: Any) -> Any:
+        return self._data["model"].fresh()
+
+    def finetuner(self, output_dir: Path, **overrides: Any) -> Finetuner:
+        data = self.make_data()
+        policy = self.make_policy(data)
+        torch.manual_seed(0)
+        return Finetuner(self.make_config(output_dir, **overrides), policy, data, critic=vla_critic(policy, 2, 16, 1))

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from trqam_sdk.adapters.base import FlowPolicy, load_policy
 from trqam_sdk.adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
 from trqam_sdk.config import CriticConfig, FinetuneConfig, PolicyConfig, TrustRegionConfig
+from trqam_sdk.core.pytree import tree_map
 from trqam_sdk.data.transitions import Transitions
 from trqam_sdk.methods.base import Agent
 from trqam_sdk.methods.registry import get_method
@@ -150,7 +151,7 @@ class MethodContract:
         ft = self.finetuner(tmp_path)
         ft.train(steps=2, progress=False)
         act = pickle.loads(pickle.dumps(ft.agent.make_actor(0)))  # evaluation workers receive it pickled
-        obs = ft.data.observations[:5]
+        obs = tree_map(lambda x: x[:5], ft.data.observations)  # a tensor or a VLA's dict
         act.reseed(3)
         a = act(obs)
         assert a.shape == (5, self.horizon, ft.data.action_dim) and not a.requires_grad
