@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trqam_sdk.config import FinetuneConfig, from_dict, to_dict
-from trqam_sdk.methods.registry import get_method, method_names
+from trqam_sdk.methods.registry import FINETUNING, get_method, method_names
 from trqam_sdk.strict_yaml import deep_merge, load_yaml_mapping
 
 
@@ -30,8 +30,10 @@ PRIOR = "bc"
 
 
 def finetuning_methods() -> list[str]:
-    """Registered methods that fine-tune the prior (built-in and plugins): every name but ``bc``."""
-    return [m for m in method_names() if m != PRIOR]
+    """Registered methods that fine-tune the prior (built-in and plugins): every name but ``bc``, the built-in
+    ones in Table 1's order, then the others."""
+    names = method_names()
+    return [m for m in FINETUNING if m in names] + [m for m in names if m not in FINETUNING and m != PRIOR]
 
 
 @dataclass
