@@ -146,17 +146,19 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_sweep_all_methods_then_aggregate(toy: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`--methods all` on the toy plugin benchmark: every registered method trains from the shared prior and is
-    evaluated; the aggregate has one row per method in Table 1 order and a path-KL row for the TRQAM family."""
+    """`--methods all` on the toy plugin benchmark, offline → online: every registered method trains from the shared
+    prior, collects online data with its own acting policy (``make_actor``) and is evaluated; the aggregate has one
+    row per method in Table 1 order and a path-KL row for the TRQAM family."""
     out = str(tmp_path / "runs")
-    argv = [*toy, "sweep", "--benchmark", "toy-line", "--recipes", "line", "--profile", "tiny", "--tasks", "1",
-            "--seeds", "0", "--methods", "all", "--out", out, "--set", "offline_steps=2", "eval.episodes=2"]
+    argv = [*toy, "sweep", "--benchmark", "toy-line", "--recipes", "line", "--profile", "online", "--tasks", "1",
+            "--seeds", "0", "--methods", "all", "--out", out, "--set", "offline_steps=2", "online_steps=2",
+            "eval.episodes=2"]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert [m for m in re.findall(r"done line task 1 (\S+) seed 0", text)] == all_methods()
     for m in all_methods(prior=False):
         res = json.loads((tmp_path / "runs" / "line" / "task1" / m / "seed0" / "result.json").read_text())
-        assert res["method"] == m and res["steps"] == 2 and res["episodes"] == 2
+        assert res["method"] == m and res["steps"] == 4 and res["episodes"] == 2 and res["online_rows"] == 2
     assert cli.main([*toy, "aggregate", "--benchmark", "toy-line", "--runs", out, "--no-plots"]) == 0
     text = capsys.readouterr().out
     first = text.split("## success % [95% Wilson")[0]
