@@ -78,14 +78,19 @@ class FlowPolicy(nn.Module):
         return lambda x, t: self.velocity(cond, x, t)
 
     @torch.no_grad()
+    def draw_noise(self, obs: Any, generator: torch.Generator | None = None, *lead: int) -> Tensor:
+        """N(0, I) noise of shape (*lead, B, H·A) for the batch of ``obs`` (a tensor or a VLA's dict), drawn on the
+        CPU from ``generator`` and then moved to the observations' device, so a seeded draw is the same on any
+        device. Every acting path draws its noise here."""
+        first = first_leaf(obs)
+        return torch.randn(*lead, first.shape[0], self.spec.flat_dim, generator=generator).to(first.device)
+
     def sample(self, obs: Tensor, flow_steps: int = 10, generator: torch.Generator | None = None) -> Tensor:
         """Act: Euler ODE sample from N(0, I) at t = 0 to t = 1, clipped to the box, as (B, H, A) chunks."""
         from trqam_sdk.core.flow import sample_ode
 
         cond = self.condition(obs)
-        first = first_leaf(obs)  # observations may be a dict (a VLA's images, tokens, state)
-        x0 = torch.randn(first.shape[0], self.spec.flat_dim, generator=generator).to(first.device)
-        x = sample_ode(self.velocity_fn(cond), x0, flow_steps)
+        x = sample_ode(self.velocity_fn(cond), self.draw_noise(obs, generator), flow_steps)
         return x.clamp(self.spec.low, self.spec.high).view(-1, self.spec.horizon, self.spec.action_dim)
 
     # -- serialisation: config.json + model.safetensors (no pickles) -----------------------------------

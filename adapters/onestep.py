@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from trqam_sdk.adapters.base import Cond, first_leaf
+from trqam_sdk.adapters.base import Cond
 from trqam_sdk.adapters.wrappers import InnerWrapper
 
 
@@ -34,9 +34,7 @@ class OneStepPolicy(InnerWrapper):
 
     @torch.no_grad()
     def sample(self, obs: Tensor, flow_steps: int = 10, generator: torch.Generator | None = None) -> Tensor:
-        """clip(μ(s, z)) as (B, H, A) chunks, z ~ N(0, I) drawn as :meth:`FlowPolicy.sample` draws x0;
+        """clip(μ(s, z)) as (B, H, A) chunks, z ~ N(0, I) drawn by :meth:`FlowPolicy.draw_noise`;
         ``flow_steps`` is ignored (one step)."""
-        first = first_leaf(obs)
-        z = torch.randn(first.shape[0], self.spec.flat_dim, generator=generator).to(first.device)
-        a = self.one_step(self.condition(obs), z)
+        a = self.one_step(self.condition(obs), self.draw_noise(obs, generator))
         return a.clamp(self.spec.low, self.spec.high).view(-1, self.spec.horizon, self.spec.action_dim)

@@ -24,7 +24,6 @@ from trqam_sdk.adapters.base import FlowPolicy
 from trqam_sdk.config import FinetuneConfig
 from trqam_sdk.core.flow import VelocityFn, sample_ode
 from trqam_sdk.core.losses import critic_loss, linex_loss, td_target
-from trqam_sdk.core.pytree import first_leaf
 from trqam_sdk.core.targets import soft_update
 from trqam_sdk.methods.base import Agent, AgentActor, FlowActor, Noise
 from trqam_sdk.methods.bc import bc_flow_matching
@@ -185,10 +184,9 @@ class CGQLAgent(Agent):
 
     # -- acting ----------------------------------------------------------------------------------------------
     def act(self, obs: Any, generator: torch.Generator | None = None) -> Tensor:
-        """π_v: the guided velocity's clipped Euler ODE from x0 ~ N(0, I) (drawn as FlowPolicy.sample draws it)."""
-        first = first_leaf(obs)
-        x0 = torch.randn(first.shape[0], self.spec.flat_dim, generator=generator).to(first.device)
-        return self.sample_guided(obs, x0).view(-1, self.spec.horizon, self.spec.action_dim)
+        """π_v: the guided velocity's clipped Euler ODE from x0 ~ N(0, I) (``FlowPolicy.draw_noise``)."""
+        x = self.sample_guided(obs, self.actor.draw_noise(obs, generator))
+        return x.view(-1, self.spec.horizon, self.spec.action_dim)
 
     def make_actor(self, seed: int = 0) -> FlowActor:
         """The agent itself acts (the guidance needs the critic); ``act`` enables grad for ∇_x Q."""

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from trqam_sdk.adapters.base import FlowPolicy
 from trqam_sdk.config import FinetuneConfig
 from trqam_sdk.core.flow import sample_ode
-from trqam_sdk.core.pytree import Cond, first_leaf, repeat_condition
+from trqam_sdk.core.pytree import Cond, repeat_condition
 from trqam_sdk.core.squashed import gaussian_params, tanh_gaussian_sample, temperature_loss
 from trqam_sdk.core.targets import soft_update
 from trqam_sdk.methods.base import Agent, AgentActor, FlowActor, Noise
@@ -113,7 +113,7 @@ class DSRLAgent(Agent):
             raise ValueError("dsrl with dict observations needs a critic with an `encoder` (e.g. "
                              "trqam_sdk.networks.encoders.vla_critic): its noise policy and noise critic copy it")
         else:
-            critic = critic or build_critic(cfg, data, d)
+            critic = build_critic(cfg, data, d, critic)
             noise_actor = NoisePolicy(None, data.obs_dim, d, c.width, c.depth, cfg.policy.layer_norm, init)
             noise_critic = QEnsemble(data.obs_dim, d, c.num_critics, c.width, c.depth, c.layer_norm, init=init)
         return cls(copy.deepcopy(policy), critic, noise_actor, noise_critic, cfg)
@@ -215,13 +215,11 @@ class DSRLAgent(Agent):
     def act(self, obs: Any, generator: torch.Generator | None = None) -> Tensor:
         """z from π_ω (sampled with ``generator``, or σ_z tanh(μ) with ``eval_noise: mean``), then
         a = clip(ODE(v_θ̃(s, ·, ·), z)): (B, H, A) chunks in the box."""
-        first = first_leaf(obs)
         if self.opts.eval_noise == "mean":
             mean, _ = self.noise_actor(obs)
             z = self.opts.sigma_z * torch.tanh(mean)
         else:
-            eps = torch.randn(first.shape[0], self.spec.flat_dim, generator=generator).to(first.device)
-            z, _ = self.noise(obs, eps)
+            z, _ = self.noise(obs, self.actor.draw_noise(obs, generator))
         return self.decode(obs, z)
 
     def make_actor(self, seed: int = 0) -> FlowActor:

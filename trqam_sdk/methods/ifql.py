@@ -23,7 +23,7 @@ from trqam_sdk.adapters.base import FlowPolicy
 from trqam_sdk.config import FinetuneConfig
 from trqam_sdk.core.flow import sample_ode
 from trqam_sdk.core.losses import chunk_return, critic_loss, expectile_loss, pessimistic_value
-from trqam_sdk.core.pytree import first_leaf, repeat_condition
+from trqam_sdk.core.pytree import repeat_condition
 from trqam_sdk.core.targets import soft_update
 from trqam_sdk.methods.base import Agent, AgentActor, Noise
 from trqam_sdk.methods.bc import bc_flow_matching
@@ -122,9 +122,8 @@ class IFQLAgent(Agent):
         """N clipped ODE samples of v_θ per state, (N, B, H·A): x0 drawn as ``randn(N, B, H·A)``, candidate j of
         state b from x0[j, b]."""
         n, d = self.opts.num_samples, self.spec.flat_dim
-        first = first_leaf(obs)
-        b = first.shape[0]
-        x0 = torch.randn(n, b, d, generator=generator).to(first.device)
+        x0 = self.actor.draw_noise(obs, generator, n)
+        b = x0.shape[1]
         cond = repeat_condition(self.actor.condition(obs), n)  # block order: row j·B + b is (candidate j, state b)
         x = sample_ode(self.actor.velocity_fn(cond), x0.view(n * b, d), self.flow_steps)
         return x.clamp(self.spec.low, self.spec.high).view(n, b, d)

@@ -20,8 +20,6 @@ from torch import Tensor, nn
 
 from trqam_sdk.adapters.base import FlowPolicy
 from trqam_sdk.config import FinetuneConfig
-from trqam_sdk.core.flow import sample_ode
-from trqam_sdk.core.pytree import first_leaf
 from trqam_sdk.core.squashed import gaussian_params, tanh_gaussian_sample, temperature_loss
 from trqam_sdk.methods.base import AgentActor, FlowActor, Noise
 from trqam_sdk.methods.critics import build_critic, frozen_call
@@ -112,10 +110,8 @@ class QAMEditAgent(QAMAgent):
         return spec
 
     # -- ã, the edit and the edited action ------------------------------------------------------------------
-    @torch.no_grad()
-    def flow_action(self, obs: Any, x0: Tensor) -> Tensor:
-        """ã = clip(ODE(v_θ(s, ·, ·), x0)), flat (B, D), detached: the edit never trains v_θ."""
-        return sample_ode(self.actor.velocity_fn(self.actor.condition(obs)), x0, self.flow_steps).clamp(-1.0, 1.0)
+    # ã = self.flow_action(obs, x0) (TRQAMAgent's): clip(ODE(v_θ(s, ·, ·), x0)), detached, so the edit never
+    # trains v_θ
 
     def edited(self, a_tilde: Tensor, delta: Tensor) -> Tensor:
         """clip(ã + σ_a Δa, −1, 1)."""
@@ -123,7 +119,7 @@ class QAMEditAgent(QAMAgent):
 
     def target_action(self, s_next: Any, target_x0: Tensor, noise: dict[str, Tensor] | None = None) -> Tensor:
         """eq. 79: a' = clip(ã' + σ_a Δa'), ã' = clip(ODE(v_θ, z) at s'), Δa' ~ π_ω(· | s', ã') (sampled)."""
-        a_tilde = super().target_action(s_next, target_x0, noise)
+        a_tilde = self.flow_action(s_next, target_x0)
         if self.edit is None:
             return a_tilde
         if noise is None or "target_edit_eps" not in noise:
@@ -167,14 +163,11 @@ class QAMEditAgent(QAMAgent):
         """ã from v_θ's clipped ODE, then clip(ã + σ_a Δa), Δa sampled (``act_sample``) or tanh(μ)."""
         if self.edit is None:
             return super().act(obs, generator)
-        first = first_leaf(obs)
-        b, d = first.shape[0], self.spec.flat_dim
-        x0 = torch.randn(b, d, generator=generator).to(first.device)
-        a_tilde = self.flow_action(obs, x0)
+        a_tilde = self.flow_action(obs, self.actor.draw_noise(obs, generator))
+        b = a_tilde.shape[0]
         with torch.no_grad():
             if self.opts.act_sample:
-                eps = torch.randn(b, d, generator=generator).to(first.device)
-                delta, _ = self.edit.sample(obs, a_tilde, eps)
+                delta, _ = self.edit.sample(obs, a_tilde, self.actor.draw_noise(obs, generator))
             else:
                 delta = self.edit.mode(obs, a_tilde)
         return self.edited(a_tilde, delta).view(b, self.spec.horizon, self.spec.action_dim)

@@ -102,11 +102,15 @@ class TRQAMAgent(Agent):
                 "target_x0": Noise((batch, d)), "bc_x0": Noise((batch, d)), "bc_t": Noise((batch,), "uniform")}
 
     # -- the three losses --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def flow_action(self, obs: Any, x0: Tensor) -> Tensor:
+        """clip(ODE sample of v_θ at ``obs`` from ``x0``), flat (B, D), detached."""
+        return sample_ode(self.actor.velocity_fn(self.actor.condition(obs)), x0, self.cfg.flow_steps).clamp(-1.0, 1.0)
+
     def target_action(self, s_next: Any, target_x0: Tensor, noise: dict[str, Tensor] | None = None) -> Tensor:
-        """a' of the TD target, flat (B, D), no gradient: clip(ODE sample of v_θ at s') (SPEC §5). A variant
-        that acts with more than v_θ (QAM-E's edit) overrides it; ``noise`` is the update's noise."""
-        return sample_ode(self.actor.velocity_fn(self.actor.condition(s_next)), target_x0,
-                          self.cfg.flow_steps).clamp(-1.0, 1.0)
+        """a' of the TD target, flat (B, D), no gradient: :meth:`flow_action` at s' (SPEC §5). A variant that acts
+        with more than v_θ (QAM-E's edit) overrides it; ``noise`` is the update's noise."""
+        return self.flow_action(s_next, target_x0)
 
     def critic_objective(self, batch: dict[str, Tensor], target_x0: Tensor,
                          noise: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
