@@ -33,6 +33,9 @@ from trqam_sdk.training.randomness import draw_step, shard_noise, step_generator
 
 __all__ = ["Finetuner", "check_compatible", "pretrain_bc", "step_generator"]
 
+RESERVED_STATE = frozenset({"step", "optimizer", "method", "rebuilt_fingerprint"})
+"""state.json keys save_checkpoint writes itself (a checkpoint hook may not return them)"""
+
 
 def _flat_config(cfg: FinetuneConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -79,6 +82,11 @@ class Finetuner:
         optimizer = torch.optim.Adam(params, lr=cfg.lr, foreach=True)  # multi-tensor; CPU default is a loop
         self.model, self.optimizer = acc.prepare(agent, optimizer)
         self.step, self.nonfinite_skips = 0, 0
+        self.checkpoint_hooks: list[Callable[[], dict[str, Any]]] = []
+        """called (main process) before each checkpoint is written, e.g. to save the replay buffer first; each
+        returns JSON-able entries for its state.json (rollout/online.py records the buffer rows and counters)"""
+        self.resumed_state: dict[str, Any] | None = None
+        """state.json of the checkpoint :meth:`resume` restored (what the hooks recorded), None before"""
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
@@ -190,6 +198,12 @@ class Finetuner:
         if acc.is_main_process:
             state = {"config": to_dict(self.cfg), "nonfinite_skips": self.nonfinite_skips,
                      "num_processes": acc.num_processes}
+            for hook in self.checkpoint_hooks:
+                extra = hook()
+                clash = sorted(extra.keys() & (state.keys() | RESERVED_STATE))
+                if clash:
+                    raise ValueError(f"checkpoint hook {hook!r} returned reserved state.json keys {clash}")
+                state.update(extra)
             path = save_checkpoint(self.run_dir, self.step, self.agent, self._optimizer(), state)
         acc.wait_for_everyone()
         return path
@@ -200,6 +214,7 @@ class Finetuner:
         if path is None:
             return False
         state = load_checkpoint(path, self.agent, self._optimizer())
+        self.resumed_state = state
         saved = state["config"]
         for key in ("method", "flow_steps", "batch_size", "seed"):
             if saved.get(key) != getattr(self.cfg, key):
