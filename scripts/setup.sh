@@ -3,10 +3,10 @@
 # One torch only: the pin torch>=2.7,<2.12 in pyproject.toml (lerobot 0.6's range) is the single source of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Default: everything the test suite exercises (OGBench, plots, TensorBoard, LeRobot VLAs, robosuite).
+# Default: everything the test suite exercises (OGBench, plots, TensorBoard, LeRobot VLAs + MetaWorld, robosuite).
 # TRQAM_EXTRAS=dev for a lean core install (what `trqam train` and the Python API need), or any subset of the
 # extras in pyproject.toml.
-EXTRAS="${TRQAM_EXTRAS:-dev,ogbench,tensorboard,plots,lerobot,robomimic}"
+EXTRAS="${TRQAM_EXTRAS:-dev,ogbench,tensorboard,plots,lerobot,metaworld,robomimic}"
 
 find_python() {
   for cand in python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do

@@ -200,7 +200,7 @@ def test_no_import_cycles() -> None:
 
 
 LAYERS = {"core": 0, "networks": 1, "adapters": 2, "data": 3, "methods": 4, "training": 5, "rollout": 5,
-          "benchmarks": 6, "integrations": 6, "recipes": 6, "profiling": 7, "cli": 8, "testing": 9}
+          "benchmarks": 6, "integrations": 6, "rewards": 6, "recipes": 6, "profiling": 7, "cli": 8, "testing": 9}
 """rank of each subpackage of trqam_sdk; top-level modules (config, io, ...) are shared and unranked"""
 
 
