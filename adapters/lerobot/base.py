@@ -2,7 +2,9 @@
 
 * Observations are lerobot's *pre-processed* batch (the output of the checkpoint's own pre-processor:
   normalised state, images in [0, 1], language tokens + mask; for pi0.5 the state is already tokenised into the
-  prompt). :meth:`LeRobotFlowPolicy.check_observations` validates it, naming the offending key.
+  prompt). Images may also be uint8 (how the SDK stores them: ``round(255 x)``); they become ``float / 255``
+  where the model reads them (:meth:`LeRobotFlowPolicy.float_images`), bit-identical to the float row.
+  :meth:`LeRobotFlowPolicy.check_observations` validates the batch, naming the offending key.
 * Time: lerobot integrates t' = 1 (noise) → t' = 0 (action) with v' ≈ noise − action; we return
   v = −v'(x, 1 − t) (SPEC §1).
 * Padding: the models work on (chunk_size, max_action_dim) chunks. The SDK flows over the *real* action dims only,
@@ -29,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from trqam_sdk.adapters.base import ActionSpec, FlowPolicy, check_state_dict
+
+from trqam_sdk.networks.encoders import unit_image
 
 TOKENS, TOKEN_MASK, STATE = "observation.language.tokens", "observation.language.attention_mask", "observation.state"
 PROCESSOR_FILES = ("policy_preprocessor.json", "policy_postprocessor.json")
@@ -101,6 +105,8 @@ class LeRobotFlowPolicy(FlowPolicy):
             img = obs[k]
             if img.ndim != 4 or img.shape[1] != 3 or img.shape[0] != b:
                 raise ValueError(f"observations[{k!r}]: expected ({b}, 3, H, W) images, got {tuple(img.shape)}")
+            if img.dtype != torch.uint8 and not img.is_floating_point():
+                raise ValueError(f"observations[{k!r}]: images must be uint8 or float in [0, 1], got {img.dtype}")
         if obs[TOKENS].ndim != 2 or obs[TOKEN_MASK].shape != obs[TOKENS].shape:
             raise ValueError(f"observations: tokens {tuple(obs[TOKENS].shape)} and mask "
                              f"{tuple(obs[TOKEN_MASK].shape)} must both be (B, L)")
@@ -108,6 +114,10 @@ class LeRobotFlowPolicy(FlowPolicy):
             raise ValueError(f"observations[{STATE!r}]: expected ({b}, {self.state_dim}), "
                              f"got {tuple(obs[STATE].shape)}")
         return b
+
+    def float_images(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``obs`` with its camera images as float in [0, 1] (uint8 → ``float32 / 255``; floats unchanged)."""
+        return {**obs, **{k: unit_image(obs[k], k) for k in self.image_keys}}
 
     # -- velocity: padding and the time convention -----------------------------------------------------------
     def _native_velocity(self, cond: Any, padded: Tensor, t_native: Tensor) -> Tensor:

@@ -33,6 +33,7 @@ class KVPrefixPolicy(LeRobotFlowPolicy):
     def condition(self, obs: dict[str, Tensor]) -> dict[str, Any]:
         """The prefix KV cache (per layer keys/values), its pad mask, and the suffix-side state for pi0."""
         self.check_observations(obs)
+        obs = self.float_images(obs)  # uint8 rows (the SDK's storage) → float / 255, as lerobot's loader gives
         kv, pad = self._prefix_kv(obs)
         cond: dict[str, Any] = {"keys": [layer.keys for layer in kv.layers],
                                 "values": [layer.values for layer in kv.layers], "pad": pad}

@@ -20,6 +20,18 @@ from torch import Tensor, nn
 from trqam_sdk.networks.mlp import QEnsemble
 
 
+def unit_image(img: Tensor, key: str = "image") -> Tensor:
+    """An image as float in [0, 1]: uint8 → ``float32 / 255`` (bit-identical to torchvision's ``ToTensor`` and to
+    lerobot's ``preprocess_observation``, so a row stored as uint8 gives the model exactly the float it was made
+    from); a float image is returned unchanged. Images are stored as uint8 (4× smaller) and converted only here,
+    where a network reads them."""
+    if img.dtype == torch.uint8:
+        return img.to(torch.float32).div(255)
+    if not img.is_floating_point():
+        raise TypeError(f"observations[{key!r}]: images must be uint8 or float in [0, 1], got {img.dtype}")
+    return img
+
+
 class EncodedQEnsemble(nn.Module):
     """Q_k(encoder(s), chunk) for k = 1..K: (K, B). The encoder trains with the critic (one loss)."""
 
@@ -36,7 +48,8 @@ class EncodedQEnsemble(nn.Module):
 class ImageStateEncoder(nn.Module):
     """Per camera a two-layer strided conv + global average pool; concatenated with the state; Linear → LN.
 
-    Expects lerobot's pre-processed observations: images (B, 3, H, W) in [0, 1] and the normalised state.
+    Expects lerobot's pre-processed observations: images (B, 3, H, W), uint8 or float in [0, 1] (the same image
+    gives the same features either way), and the normalised state.
     """
 
     def __init__(self, image_keys: list[str], state_key: str | None, state_dim: int, feature_dim: int = 64,
@@ -57,7 +70,8 @@ class ImageStateEncoder(nn.Module):
         missing = [k for k in [*self.image_keys, *([self.state_key] if self.state_key else [])] if k not in obs]
         if missing:
             raise ValueError(f"critic observations lack {missing}; has {sorted(obs)}")
-        parts = [conv(obs[k].float() * 2.0 - 1.0) for conv, k in zip(self.convs, self.image_keys, strict=True)]
+        parts = [conv(unit_image(obs[k], k).float() * 2.0 - 1.0)
+                 for conv, k in zip(self.convs, self.image_keys, strict=True)]
         if self.state_key:
             parts.append(obs[self.state_key].float())
         return self.head(torch.cat(parts, dim=-1))

@@ -4,12 +4,19 @@ The policy is called once per chunk and the whole chunk is executed open-loop, a
 :func:`trqam_sdk.rollout.episode.run_episode`). Episodes run in a small spawn-started process pool (one env per
 worker, torch limited to one thread each), so two cores evaluate two episodes at once; ``workers=1`` runs
 in-process. Every result carries its episode count, success count and 95 % Wilson interval.
+
+The env factory and the policy reach the workers as one plain ``pickle`` payload (tensors by value): torch's
+multiprocessing pickler would hand them over as shared-memory file descriptors, which failed to rebuild for
+LeRobot VLAs. An error while a worker builds its env (a wrong image size, a missing checkpoint) is re-raised in
+the caller with its message, and a crashed worker fails the evaluation (``BrokenProcessPool``), never hangs it.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -25,13 +32,19 @@ __all__ = ["AgentActor", "FlowActor", "episode_seeds", "evaluate", "summarize"]
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(env_factory: EnvFactory, act_fn: ActFn) -> None:
+def _init_worker(payload: bytes) -> None:
     torch.set_num_threads(1)
-    _WORKER["env"] = env_factory()
-    _WORKER["act_fn"] = act_fn
+    try:
+        env_factory, act_fn = pickle.loads(payload)
+        _WORKER["env"] = env_factory()
+        _WORKER["act_fn"] = act_fn
+    except Exception as err:  # re-raised by every episode: a failing initializer would only break the pool
+        _WORKER["error"] = err
 
 
 def _worker_episode(seed: int) -> dict[str, float]:
+    if "error" in _WORKER:
+        raise _WORKER["error"]
     return run_episode(_WORKER["env"], _WORKER["act_fn"], seed)
 
 
@@ -64,6 +77,7 @@ def evaluate(act_fn: ActFn, env_factory: EnvFactory, episodes: int = 10, seed: i
 
     ``env_factory`` and ``act_fn`` must be picklable when ``workers > 1`` (e.g. :class:`FlowActor` and a
     benchmark's factory dataclass); the env follows the gymnasium reset/step API and reports ``info["success"]``.
+    Its observations may be vectors or dicts (a VLA's rows: ``integrations.lerobot.policy_env.PolicyEnvFactory``).
     """
     from tqdm.auto import tqdm
 
@@ -89,9 +103,10 @@ def evaluate(act_fn: ActFn, env_factory: EnvFactory, episodes: int = 10, seed: i
         finally:
             env.close()
     else:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(env_factory, act_fn)) as pool:
-            for r in pool.imap(_worker_episode, seeds):
+        payload = pickle.dumps((env_factory, act_fn))
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(payload,)) as pool:
+            for r in pool.map(_worker_episode, seeds):
                 add(r)
     bar.close()
     return summarize(results)

@@ -6,6 +6,10 @@ tokens included), so the fine-tune sees exactly the inputs lerobot's training wo
 ``episode_index``. The observation after an episode's last frame is not stored by LeRobot, so the last frame's
 own observation stands in for it (it only matters for truncated, not terminated, episodes). The whole dataset
 is materialised in memory: fine for the small fine-tuning sets this is for, not for 100k-frame image sets.
+Camera images are stored as uint8 (``round(255 x)``, exact: LeRobot decodes 8-bit images as ``k / 255``), a
+quarter of the float32 bytes; the adapters and the critic convert them back to ``float / 255`` where they read
+them, bit-identically. That needs a checkpoint whose pre-processor leaves images unchanged (VISUAL IDENTITY
+normalisation), which is checked frame by frame.
 """
 
 from __future__ import annotations
@@ -27,9 +31,48 @@ def _stack(rows: list[dict[str, Any]], key: str) -> Tensor:
     return torch.stack([torch.as_tensor(r[key]) for r in rows])
 
 
+def is_image_key(key: str) -> bool:
+    """LeRobot's camera keys: ``observation.image`` (one camera) and ``observation.images.<name>``."""
+    return key == "observation.image" or key.startswith("observation.images.")
+
+
+def quantise_images(out: dict[str, Tensor], raw: dict[str, Tensor]) -> tuple[dict[str, Tensor], str | None]:
+    """``out`` (pre-processed rows) with each camera of ``raw`` (the float [0, 1] images fed to the pre-processor)
+    as uint8 ``round(255 x)``, and None; or ``out`` unchanged and the reason that would not be lossless: the
+    pre-processor must pass the image through unchanged (VISUAL IDENTITY normalisation, no resize) and the image
+    must be 8-bit (values k / 255, as LeRobot decodes images and ``preprocess_observation`` converts them)."""
+    from trqam_sdk.networks.encoders import unit_image
+
+    new = dict(out)
+    for key, img in raw.items():
+        if key not in out:
+            continue
+        if out[key].shape != img.shape or out[key].dtype != img.dtype or not torch.equal(out[key], img):
+            return out, (f"the checkpoint's pre-processor changes {key!r} (VISUAL normalisation other than "
+                         "IDENTITY, or a resize / cast): images can only be stored as uint8 when the model reads "
+                         "x / 255 unchanged")
+        u8 = (img.float() * 255).round().clamp(0, 255).to(torch.uint8)
+        if not torch.equal(unit_image(u8, key), img.float()):
+            return out, f"{key!r} is not an 8-bit image (its values are not k / 255)"
+        new[key] = u8
+    return new, None
+
+
+def store_uint8_images(out: dict[str, Tensor], raw: dict[str, Tensor], where: str) -> dict[str, Tensor]:
+    """:func:`quantise_images`, raising (naming ``where`` and the key) when uint8 storage would not be exact."""
+    new, why = quantise_images(out, raw)
+    if why is not None:
+        raise ValueError(f"{where}: {why}")
+    return new
+
+
 def lerobot_transitions(dataset: Any, preprocessor: Any, batch_size: int = 64,
-                        action_bound: float = 1.0) -> Transitions:
-    """Convert a LeRobotDataset into Transitions with dict observations (pre-processed model inputs)."""
+                        action_bound: float = 1.0, uint8_images: bool | None = None) -> Transitions:
+    """Convert a LeRobotDataset into Transitions with dict observations (pre-processed model inputs).
+
+    Camera images are stored as uint8 when that is exact (:func:`quantise_images`): ``uint8_images=True``
+    requires it (raises otherwise), ``False`` keeps the pre-processor's float images, None (default) decides on
+    the first batch — uint8 for LeRobotDatasets of 8-bit images with a VISUAL IDENTITY checkpoint."""
     n = len(dataset)
     if n == 0:
         raise ValueError("the LeRobotDataset is empty")
@@ -44,9 +87,20 @@ def lerobot_transitions(dataset: Any, preprocessor: Any, batch_size: int = 64,
         rows = [dataset[i] for i in range(start, min(n, start + batch_size))]
         raw = {k: _stack(rows, k) for k in rows[0] if k.startswith(OBS_KEYS_PREFIX)}
         raw["action"] = _stack(rows, "action")
+        images = {k: v.clone() for k, v in raw.items() if is_image_key(k)} if uint8_images is not False else {}
         raw["task"] = [r["task"] for r in rows]
         out = preprocessor(raw)
-        obs_parts.append({k: v for k, v in out.items() if k.startswith(OBS_KEYS_PREFIX) and isinstance(v, Tensor)})
+        part = {k: v for k, v in out.items() if k.startswith(OBS_KEYS_PREFIX) and isinstance(v, Tensor)}
+        if images:
+            quantised, why = quantise_images(part, images)
+            if why is None:
+                part, uint8_images = quantised, True
+            elif uint8_images:
+                raise ValueError(f"lerobot_transitions (frames {start}..{start + len(rows) - 1}): {why} "
+                                 "(uint8_images=False keeps float images)")
+            else:
+                uint8_images = False
+        obs_parts.append(part)
         actions.append(out["action"].float())
         rewards.append(_stack(rows, REWARD).float().reshape(-1))
         dones.append(_stack(rows, DONE).float().reshape(-1))
@@ -74,9 +128,18 @@ def _concat_obs(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         vals = [p[key] for p in parts]
         if vals[0].ndim == 2 and "language" in key:
             width = max(v.shape[1] for v in vals)
-            vals = [torch.nn.functional.pad(v, (0, width - v.shape[1])) for v in vals]
+            vals = [pad_language(key, v, width) for v in vals]
         out[key] = torch.cat(vals)
     return out
+
+
+def pad_language(key: str, value: Tensor, width: int) -> Tensor:
+    """(B, L) language tokens / attention mask right-padded with 0 (id 0, mask False) to ``width`` — how rows of
+    different prompt lengths (SmolVLA pads to the longest in a batch) share one tensor."""
+    if value.shape[1] > width:
+        raise ValueError(f"{key!r}: {value.shape[1]} tokens do not fit the {width} of the stored rows (a longer "
+                         "task string than any in the dataset): raise the token length")
+    return torch.nn.functional.pad(value, (0, width - value.shape[1]))
 
 
 def write_synthetic_dataset(root: str | Path, repo_id: str = "local/trqam-synthetic", episodes: int = 4,
