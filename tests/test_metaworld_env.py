@@ -144,7 +144,7 @@ from lerobot.envs.factory import make_env
 from lerobot.envs.utils import env_to_policy_features, preprocess_observation
 sys.argv = ["lerobot-eval", "--env.type=trqam_metaworld", "--env.task=drawer-open-v3", "--env.image_size=24",
             "--env.episode_length=33", "--env.fast_render=false",
-            "--env.discover_packages_path=trqam_sdk.benchmarks.metaworld", "--output_dir=" + sys.argv[1]]
+            "--env.discover_packages_path=trqam_sdk.benchmarks.metaworld.lerobot_plugin", "--output_dir=" + sys.argv[1]]
 
 @parser.wrap()
 def main(cfg: EvalPipelineConfig):

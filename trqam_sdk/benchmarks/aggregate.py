@@ -157,11 +157,12 @@ def kl_table(results: list[dict[str, Any]]) -> str:
 def aggregate(runs: str | Path, benchmark: str = "ogbench", phase: str = "offline", plots: str | Path | None = None,
               make_plots: bool = True) -> str:
     """Tables (printed text; also ``table_<phase>.md`` / ``.json`` under ``runs``) and per-domain curves."""
-    from trqam_sdk.benchmarks.registry import get_benchmark
+    from trqam_sdk.benchmarks.registry import benchmark_names, get_benchmark
 
     if phase not in ("offline", "online"):
         raise ValueError(f"phase must be offline or online, got {phase!r}")
-    columns = get_benchmark(benchmark).columns
+    # pipelines of their own (``trqam metaworld``) write the same result.json without a registered Benchmark
+    columns = get_benchmark(benchmark).columns if benchmark in benchmark_names() else {}
     results = load_results(runs, benchmark)
     tab, pool, kl = table(results, phase), pooled(results, phase), path_kl(results)
     text = (f"## {benchmark} success % ({phase}): mean ± std over seeds\n\n{format_table(tab, columns)}\n\n"

@@ -17,6 +17,8 @@ COMMANDS = {
                       "TRQAM update vs chunk-sampling time, tiny pi0/pi0.5/SmolVLA"),
     "lerobot-train": ("trqam_sdk.cli.lerobot_train",
                       "TRQAM fine-tune of a LeRobot pi0/pi0.5/SmolVLA on a LeRobotDataset"),
+    "metaworld": ("trqam_sdk.cli.metaworld",
+                  "MetaWorld with a LeRobot VLA: data → lerobot-train prior → offline → online → lerobot-eval"),
     "robomimic": ("trqam_sdk.cli.robomimic",
                   "robomimic lift/can/square: scripted data, recipes, stress test"),
     "data": ("trqam_sdk.cli.data",

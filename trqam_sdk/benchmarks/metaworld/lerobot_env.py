@@ -1,7 +1,7 @@
 """LeRobot env config ``trqam_metaworld``: lets lerobot-eval / lerobot-train build the SDK's MetaWorld env.
 
     lerobot-eval --env.type=trqam_metaworld --env.task=reach-v3 --env.image_size=64 \\
-        --env.discover_packages_path=trqam_sdk.benchmarks.metaworld ...
+        --env.discover_packages_path=trqam_sdk.benchmarks.metaworld.lerobot_plugin ...
 
 LeRobot's plugin loader (``lerobot.configs.parser.load_plugin``) imports the named *package* and every module
 in it, which registers this config; it iterates ``module.__path__``, so it must be given the package
@@ -28,7 +28,7 @@ from lerobot.utils.constants import ACTION
 from trqam_sdk.benchmarks.metaworld.env import EnvFactory, EnvSettings
 
 ENV_TYPE = "trqam_metaworld"
-PLUGIN_PACKAGE = "trqam_sdk.benchmarks.metaworld"
+PLUGIN_PACKAGE = "trqam_sdk.benchmarks.metaworld.lerobot_plugin"
 """the value for ``--env.discover_packages_path``"""
 _DEFAULTS = EnvSettings("reach-v3")
 
