@@ -8,10 +8,10 @@ import shutil
 import time
 from pathlib import Path
 
+import metaworld  # noqa: F401  (installed by make setup: the tests fail, not skip, without it)
 import numpy as np
 import pytest
 
-pytest.importorskip("metaworld")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from trqam_sdk.benchmarks.metaworld import generate as gen  # noqa: E402

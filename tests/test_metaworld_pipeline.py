@@ -77,3 +77,14 @@ def test_unknown_method_and_task_fail_before_any_work(tmp_path: Path, capsys: py
     assert main(["metaworld", "--profile", "test", "--task", "reach-v2", "--out", str(tmp_path)]) == 2
     assert "reach-v3" in capsys.readouterr().err  # the close name is suggested
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_cpu_profile_experiment(tmp_path: Path) -> None:
+    """The real experiment at the cpu profile for one task and seed (≈ 40 min on 2 cores; docs/results.md has the
+    numbers of all tasks and seeds): every phase evaluated on the recipe's 20 episodes, by both evaluators."""
+    assert main(["metaworld", "--task", "push-v3", "--seed", "0", "--methods", "bc", "trqam", "--out",
+                 str(tmp_path), "--no-progress"]) == 0
+    r = json.loads((tmp_path / "push-v3" / "trqam" / "seed0" / "result.json").read_text())
+    assert {p: int(e["episodes"]) for p, e in r["phases"].items()} == {"prior": 20, "offline": 20, "online": 20}
+    assert r["lerobot_eval"]["episodes"] == 20 and r["online_env_steps"] == 600
