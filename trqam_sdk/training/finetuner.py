@@ -24,6 +24,7 @@ from trqam_sdk.adapters.base import FlowPolicy
 from trqam_sdk.config import FinetuneConfig, to_dict, validate
 from trqam_sdk.core.pytree import tree_map
 from trqam_sdk.data.transitions import ChunkSampler, Transitions
+from trqam_sdk.io import atomic_write_text
 from trqam_sdk.methods.base import Agent
 from trqam_sdk.methods.registry import get_method
 from trqam_sdk.training.bc import pretrain_bc
@@ -225,7 +226,7 @@ class Finetuner:
             log = self.run_dir / "metrics.jsonl"
             if log.is_file():
                 rows = [r for r in log.read_text().splitlines() if r and json.loads(r)["step"] <= self.step]
-                log.write_text("".join(r + "\n" for r in rows))
+                atomic_write_text(log, "".join(r + "\n" for r in rows))  # a kill here must not tear the log
         return True
 
     def save_policy(self, path: str | Path) -> Path:

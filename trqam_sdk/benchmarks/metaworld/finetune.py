@@ -73,13 +73,23 @@ def finetune(recipe: MetaWorldRecipe, method: str, seed: int, root: Path, rdir: 
     if recipe.online_steps:
         from trqam_sdk.benchmarks.metaworld.online import online_phase
 
-        with measure(seconds, "online"):
-            online_info = online_phase(recipe, ft, data, root, rdir, prior_folder, seed, progress)
-        with measure(seconds, "online_eval"):
-            last = phases["online"] = P.sdk_eval(recipe, ft.agent.make_actor(seed), prior_folder, seed,
-                                                 f"eval {method} online", progress)
-        log_eval(ft.step, last, "online")
-        out.update(online_info)
+        # a stage of its own, as the offline one: a kill after it (in lerobot-eval) re-enters neither the online
+        # phase (which would close its last episode as interrupted) nor its evaluation (logged twice)
+        ospec = {**spec, "online_steps": recipe.online_steps, "utd": recipe.utd}
+        online = read_stage(rdir / "online.json", ospec)
+        if online is None:
+            with measure(seconds, "online"):
+                online_info = online_phase(recipe, ft, data, root, rdir, prior_folder, seed, progress)
+            with measure(seconds, "online_eval"):
+                res = P.sdk_eval(recipe, ft.agent.make_actor(seed), prior_folder, seed, f"eval {method} online",
+                                 progress)
+            log_eval(ft.step, res, "online")
+            online = write_stage(rdir / "online.json", ospec, {"info": online_info, "eval": res, "cost": {
+                k: seconds[k] for k in ("online", "online_eval")}})
+        else:
+            seconds.update({k: {**v, "cached": True} for k, v in online["cost"].items()})
+        last = phases["online"] = online["eval"]
+        out.update(online["info"])
     summary = training_summary(ft, results={"success": last["success_rate"]}, base_model=str(prior_folder))
     policy_dir = save_pretrained(ft.agent.policy, rdir / "policy", summary)
     ft.end()

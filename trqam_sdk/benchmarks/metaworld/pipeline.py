@@ -4,10 +4,11 @@ data (scripted experts → LeRobotDataset) → prior (``lerobot-train``) → [su
 finetuner on the dataset) → online (the VLA acts in LeRobot's MetaWorld env, a replay buffer checkpointed with the
 learner) → evaluation (the SDK's evaluator and ``lerobot-eval`` on the same env seeds) → ``result.json``.
 
-Layout under ``out/<domain>/`` (``<domain>`` = the task, ``+<reward>`` when the reward is not the recipe default):
-``data/`` and ``prior/`` are shared by every method and seed of the task (one prior: a paired comparison);
-``classifier/`` likewise; ``bc/seed<s>/result.json`` is the prior's evaluation; ``<method>/seed<s>/`` holds the
-fine-tune (``checkpoints/``, ``replay/``, ``metrics.jsonl``, ``evals.jsonl``, ``offline.json``, ``policy/``,
+Layout: ``out/<task>/`` holds what every method, seed and reward source of the task shares — ``data/``,
+``prior/`` (one prior: a paired comparison), ``classifier/`` and their ``stages/*.json``. Runs live under
+``out/<domain>/`` (``<domain>`` = the task, ``+<reward>`` when the reward is not the default sparse one, e.g.
+``push-v3+env``): ``bc/seed<s>/result.json`` is the prior's evaluation; ``<method>/seed<s>/`` holds the fine-tune
+(``checkpoints/``, ``replay/``, ``metrics.jsonl``, ``evals.jsonl``, ``offline.json``, ``online.json``, ``policy/``,
 ``lerobot_eval/``) and its ``result.json``, written last. Every stage writes its result atomically with the spec it
 ran with; a re-run skips finished stages, resumes an interrupted fine-tune from its newest checkpoint, and refuses a
 folder produced by another configuration.
@@ -84,6 +85,7 @@ def run_metaworld(recipe: MetaWorldRecipe, method: str, seed: int, out: str | Pa
                   progress: bool = True) -> dict[str, Any]:
     """One (task, method, seed): every stage it needs, skipping finished ones. ``method`` ``bc`` evaluates the
     prior; any registered fine-tuning method fine-tunes it. Returns (and writes) ``result.json``."""
+    shared = Path(out) / recipe.task  # data, prior, classifier: one per task, whatever the reward of the runs
     root = Path(out) / domain_name(recipe)
     rdir = root / method / f"seed{seed}"
     done = rdir / "result.json"
@@ -93,20 +95,20 @@ def run_metaworld(recipe: MetaWorldRecipe, method: str, seed: int, out: str | Pa
         recipe.finetune_config(method, seed, str(rdir))  # an unknown method or option fails before any work
     torch.set_num_threads(recipe.threads)
     seconds: dict[str, Any] = {}
-    data_info = stage_data(recipe, root, seconds, progress)
-    prior_folder = stage_prior(recipe, root, seconds, progress)
+    data_info = stage_data(recipe, shared, seconds, progress)
+    prior_folder = stage_prior(recipe, shared, seconds, progress)
     result = base_result(recipe, method, seed, profile)
     result["data"] = {k: data_info[k] for k in ("episodes", "frames", "levels", "seconds") if k in data_info}
     prior_res = prior_evaluation(recipe, root, prior_folder, seed, seconds, progress)
     if method == PRIOR:
         result.update(headline(prior_res), phases={"prior": prior_res}, steps=0)
     else:
-        classifier = stage_classifier(recipe, root, seconds)
+        classifier = stage_classifier(recipe, shared, seconds)
         if classifier is not None:
             result["classifier"] = classifier
         from trqam_sdk.benchmarks.metaworld.finetune import finetune
 
-        result.update(finetune(recipe, method, seed, root, rdir, prior_folder, prior_res, seconds, progress))
+        result.update(finetune(recipe, method, seed, shared, rdir, prior_folder, prior_res, seconds, progress))
     result["seconds"] = seconds
     rdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(done, json.dumps(result, indent=2, default=str))
