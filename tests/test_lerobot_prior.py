@@ -151,8 +151,8 @@ def test_run_logged_failure_names_command_and_log_tail(tmp_path: Path) -> None:
 def test_lerobot_eval_result(prior: tuple[Path, Path], tmp_path: Path) -> None:
     folder, _ = prior
     env_args = {"task": TASK, "image_size": SIZE, "episode_length": 6, "fast_render": True}
-    with pytest.raises(KeyError, match="unknown: \\['camera'\\]"):
-        run_lerobot_eval(folder, {**env_args, "camera": "x"}, episodes=1, seed=0, out_dir=tmp_path)
+    with pytest.raises(KeyError, match="unknown: \\['colour'\\]"):
+        run_lerobot_eval(folder, {**env_args, "colour": "x"}, episodes=1, seed=0, out_dir=tmp_path)
     res = run_lerobot_eval(folder, env_args, episodes=1, seed=5, batch_size=1, out_dir=tmp_path / "ev",
                            progress=False)
     assert {"success_rate", "successes", "episodes", "ci95_low", "ci95_high", "mean_return", "seeds", "seconds",

@@ -188,3 +188,11 @@ def test_lerobot_eval_parses_the_plugin_and_builds_the_sdk_env(tmp_path):
     assert got["features"] == {"action": [4], "observation.state": [4], "observation.image": [3, 24, 24]}
     assert got["round_trip"] is True
     assert "--env.image_size=24" in got["args"] and "--env.fast_render=false" in got["args"]
+
+
+def test_an_unknown_camera_is_an_error_naming_the_cameras() -> None:
+    """MuJoCo would render an unknown camera name from a default free camera: refuse it when the env is built."""
+    env = TrqamMetaworldEnv(EnvSettings("reach-v3", image_size=16, camera="front"))
+    with pytest.raises(ValueError, match="'front' is not a camera of reach-v3.*corner2"):
+        env.reset(seed=0)
+    env.close()

@@ -71,6 +71,12 @@ def test_a_changed_configuration_is_refused_not_mixed_in(run: Path, capsys: pyte
     assert stage.read_bytes() == before and not (run / "qam").exists()
 
 
+def test_a_finished_run_of_another_configuration_is_refused(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A finished (method, seed) re-run with other settings must not print the old numbers as the new ones."""
+    assert main([*ARGS, "--methods", "trqam", "--out", str(run.parent), "--set", "offline_steps=4"]) == 2
+    assert "result.json" in capsys.readouterr().err
+
+
 def test_unknown_method_and_task_fail_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*ARGS, "--methods", "nosuch", "--out", str(tmp_path)]) == 2
     assert "nosuch" in capsys.readouterr().err

@@ -29,6 +29,10 @@ METHOD_NAMES = {"bc": "BC (prior)", "fql": "FQL", "cgql_linex": "CGQL-Linex", "d
 
 Cell = tuple[float, float, int]
 
+PIPELINE_BENCHMARKS: dict[str, dict[str, str]] = {"metaworld": {}}
+"""benchmarks with a pipeline of their own (``trqam metaworld``) rather than a registered Benchmark: their
+result-table columns"""
+
 
 def method_order(methods: set[str] | list[str]) -> list[str]:
     """The prior, the built-in fine-tuning methods in the paper's Table 1 order (``FINETUNING``: FQL, CGQL-Linex,
@@ -162,7 +166,9 @@ def aggregate(runs: str | Path, benchmark: str = "ogbench", phase: str = "offlin
     if phase not in ("offline", "online"):
         raise ValueError(f"phase must be offline or online, got {phase!r}")
     # pipelines of their own (``trqam metaworld``) write the same result.json without a registered Benchmark
-    columns = get_benchmark(benchmark).columns if benchmark in benchmark_names() else {}
+    if benchmark not in benchmark_names() and benchmark not in PIPELINE_BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; known: {benchmark_names() + sorted(PIPELINE_BENCHMARKS)}")
+    columns = get_benchmark(benchmark).columns if benchmark in benchmark_names() else PIPELINE_BENCHMARKS[benchmark]
     results = load_results(runs, benchmark)
     tab, pool, kl = table(results, phase), pooled(results, phase), path_kl(results)
     text = (f"## {benchmark} success % ({phase}): mean ± std over seeds\n\n{format_table(tab, columns)}\n\n"

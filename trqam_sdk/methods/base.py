@@ -46,7 +46,10 @@ class FlowActor:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, obs: Any) -> Tensor:
-        return self.policy.sample(obs, self.flow_steps, self.generator)
+        # no graph: a VLA's prefix forward would otherwise keep its activations for every acted chunk; eval mode
+        # because the actor may share its module with a learner that switched it back to train mode
+        with torch.no_grad():
+            return self.policy.eval().sample(obs, self.flow_steps, self.generator)
 
 
 class AgentActor(FlowActor):

@@ -85,7 +85,10 @@ class OnlineCollector:
         progress is closed as truncated (counted as an episode, not a success) and a fresh one starts."""
         self.episodes, self.successes = int(state["episodes"]), int(state["successes"])
         self.env_steps, self.interrupted = int(state["env_steps"]), int(state.get("interrupted_episodes", 0))
-        if self.buffer.close_episode():
+        closed = self.buffer.close_episode()
+        # the checkpoint says whether an episode was open: after a second crash the manifest may already carry
+        # the closing mark (close_episode() then finds nothing to close), yet the episode still counts once
+        if state.get("episode_open", closed):
             self.episodes += 1
             self.interrupted += 1
         _set_rng_state(self.stepper.act_fn, state.get("actor_rng"))
@@ -137,6 +140,7 @@ class OnlinePhase:
         """The Finetuner's checkpoint hook: save the buffer's new rows, then return what state.json records."""
         self.buffer.save(self.replay_dir)
         return {STATE_KEY: {"start_step": self.start_step, "buffer_rows": self.buffer.online_size,
+                            "episode_open": self.buffer.episode_in_progress,
                             "utd": self.utd, "seed": self.collector.seed, **self.collector.state()}}
 
     def resume(self) -> bool:

@@ -71,7 +71,7 @@ def lerobot_eval(recipe: MetaWorldRecipe, policy_folder: Path, seed: int, out: P
 
     e = recipe.env
     env_args = {"task": recipe.task, "image_size": e.image_size, "episode_length": e.episode_length,
-                "fast_render": e.fast_render}
+                "fast_render": e.fast_render, "camera": e.camera}
     start = episode_seeds(seed, 1)[0]
     return run_lerobot_eval(policy_folder, env_args, episodes=recipe.eval.episodes, seed=start,
                             batch_size=recipe.lerobot_eval.batch_size, out_dir=out,
@@ -95,4 +95,5 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
 
 def base_result(recipe: MetaWorldRecipe, method: str, seed: int, profile: str) -> dict[str, Any]:
     return {"benchmark": BENCHMARK, "domain": domain_name(recipe), "task": recipe.task, "method": method,
-            "seed": seed, "profile": profile, "reward": recipe.reward.source, "prior_kind": recipe.prior.kind}
+            "seed": seed, "profile": profile, "reward": recipe.reward.source,
+            "reward_options": recipe.reward.options, "prior_kind": recipe.prior.kind}

@@ -99,10 +99,13 @@ def apply_render_settings(inner: Any, settings: EnvSettings) -> None:
     renderer = inner.mujoco_renderer
     if renderer._viewers:
         raise RuntimeError("apply_render_settings must run before the env renders its first frame")
+    model = inner.model
+    names = [model.camera(i).name for i in range(model.ncam)]
+    if settings.camera not in names:  # MuJoCo would otherwise render from a default free camera, silently
+        raise ValueError(f"EnvSettings.camera {settings.camera!r} is not a camera of {settings.task}; it has {names}")
     size = settings.image_size
     renderer.width = renderer.height = size
     inner.width = inner.height = size
-    model = inner.model
     model.vis.global_.offwidth = size
     model.vis.global_.offheight = size
     if settings.fast_render:

@@ -53,11 +53,16 @@ def finetune(recipe: MetaWorldRecipe, method: str, seed: int, root: Path, rdir: 
     out: dict[str, Any] = {"transitions": len(data), "resumed_from_step": ft.step if resumed else None}
 
     def log_eval(step: int, res: dict[str, Any], phase: str) -> None:
+        from trqam_sdk.io import read_jsonl
+
+        if any(r["step"] == step and r["phase"] == phase for r in read_jsonl(rdir / "evals.jsonl")):
+            return  # a kill between this row and its stage file: the re-run evaluates again, logs once
         with open(rdir / "evals.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "phase": phase, **res}) + "\n")
 
     # offline
-    spec = {"finetune": to_dict(cfg), "offline_steps": recipe.offline_steps, "eval": to_dict(recipe.eval)}
+    spec = {"finetune": to_dict(cfg), "offline_steps": recipe.offline_steps, "eval": to_dict(recipe.eval),
+            "reward": to_dict(recipe.reward)}
     offline = read_stage(rdir / "offline.json", spec)
     if offline is None:
         with measure(seconds, "offline"):

@@ -4,8 +4,9 @@
         --env.discover_packages_path=trqam_sdk.benchmarks.metaworld.lerobot_plugin ...
 
 LeRobot's plugin loader (``lerobot.configs.parser.load_plugin``) imports the named *package* and every module
-in it, which registers this config; it iterates ``module.__path__``, so it must be given the package
-``trqam_sdk.benchmarks.metaworld``, not this module (a plain module has no ``__path__``).
+in it, which registers this config; it iterates ``module.__path__``, so it must be given a package, not this
+module (a plain module has no ``__path__``): ``trqam_sdk.benchmarks.metaworld.lerobot_plugin``, which holds only
+this registration (the parent package would import the whole pipeline).
 
 The config subclasses LeRobot's own MetaWorld config (same fps 80, obs type ``pixels_agent_pos``, the same
 ``features_map`` to ``observation.image`` / ``observation.state``) and only adds the rendering and time-limit

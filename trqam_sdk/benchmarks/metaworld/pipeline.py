@@ -89,8 +89,13 @@ def run_metaworld(recipe: MetaWorldRecipe, method: str, seed: int, out: str | Pa
     root = Path(out) / domain_name(recipe)
     rdir = root / method / f"seed{seed}"
     done = rdir / "result.json"
+    spec = run_spec(recipe, method, seed)
     if done.is_file():
-        return json.loads(done.read_text())
+        saved = json.loads(done.read_text())
+        if "spec" in saved and saved["spec"] != spec:
+            raise ValueError(f"{done} is a finished run of another configuration; use another --out or delete "
+                             f"{rdir} to redo it")
+        return saved
     if method != PRIOR:
         recipe.finetune_config(method, seed, str(rdir))  # an unknown method or option fails before any work
     torch.set_num_threads(recipe.threads)
@@ -109,10 +114,16 @@ def run_metaworld(recipe: MetaWorldRecipe, method: str, seed: int, out: str | Pa
         from trqam_sdk.benchmarks.metaworld.finetune import finetune
 
         result.update(finetune(recipe, method, seed, shared, rdir, prior_folder, prior_res, seconds, progress))
-    result["seconds"] = seconds
+    result["seconds"], result["spec"] = seconds, spec
     rdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(done, json.dumps(result, indent=2, default=str))
     return result
+
+
+def run_spec(recipe: MetaWorldRecipe, method: str, seed: int) -> dict[str, Any]:
+    """What a finished run's numbers depend on (not which other methods and seeds the command also runs)."""
+    spec = {k: v for k, v in to_dict(recipe).items() if k not in ("methods", "seeds", "paper", "threads")}
+    return json.loads(json.dumps({**spec, "method": method, "seed": seed}, default=str))
 
 
 def prior_evaluation(recipe: MetaWorldRecipe, root: Path, prior_folder: Path, seed: int, seconds: dict[str, Any],

@@ -27,7 +27,7 @@ from typing import Any
 
 from trqam_sdk.integrations.lerobot.prior import lerobot_command, run_logged
 
-ENV_ARG_KEYS = ("task", "image_size", "episode_length", "fast_render")
+ENV_ARG_KEYS = ("task", "image_size", "episode_length", "fast_render", "camera")
 LOG_FILE, INFO_FILE = "lerobot-eval.log", "eval_info.json"
 
 
