@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from trqam_sdk.benchmarks.metaworld import common as P
 from trqam_sdk.benchmarks.metaworld.recipe import MetaWorldRecipe
 from trqam_sdk.benchmarks.metaworld.stages import measure, read_stage, write_stage
 from trqam_sdk.config import to_dict
+from trqam_sdk.io import read_jsonl
 
 
 def offline_data(recipe: MetaWorldRecipe, root: Path, vla: Any) -> Any:
@@ -42,8 +45,6 @@ def finetune(recipe: MetaWorldRecipe, method: str, seed: int, root: Path, rdir: 
     with measure(seconds, "load_data"):
         data = offline_data(recipe, root, vla)
     c = cfg.critic
-    import torch
-
     torch.manual_seed(cfg.seed)  # the critic's init is part of the run
     ft = Finetuner(cfg, vla, data, critic=vla_critic(vla, c.num_critics, c.width, c.depth, layer_norm=c.layer_norm))
     resumed = ft.resume()
@@ -53,8 +54,6 @@ def finetune(recipe: MetaWorldRecipe, method: str, seed: int, root: Path, rdir: 
     out: dict[str, Any] = {"transitions": len(data), "resumed_from_step": ft.step if resumed else None}
 
     def log_eval(step: int, res: dict[str, Any], phase: str) -> None:
-        from trqam_sdk.io import read_jsonl
-
         if any(r["step"] == step and r["phase"] == phase for r in read_jsonl(rdir / "evals.jsonl")):
             return  # a kill between this row and its stage file: the re-run evaluates again, logs once
         with open(rdir / "evals.jsonl", "a") as f:
