@@ -11,6 +11,7 @@ import importlib
 from collections.abc import Callable
 
 from trqam_sdk.benchmarks.base import Benchmark
+from trqam_sdk.registry_names import check_registry_name
 
 BENCHMARKS: dict[str, type[Benchmark]] = {}
 """name → benchmark class"""
@@ -24,8 +25,7 @@ _INSTANCES: dict[str, Benchmark] = {}
 
 def register_benchmark[C: type[Benchmark]](name: str) -> Callable[[C], C]:
     """Class decorator: ``@register_benchmark("my_bench")`` makes ``trqam run --benchmark my_bench`` work."""
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"benchmark name {name!r}: use letters, digits, '_' or '-'")
+    check_registry_name(name, "benchmark")
 
     def wrap(cls: C) -> C:
         if not (isinstance(cls, type) and issubclass(cls, Benchmark)):

@@ -97,7 +97,8 @@ def prior_eval(bench: Benchmark, recipe: RecipeBase, task: str, prior: Any, seed
     return res
 
 
-def _headline(res: dict[str, float]) -> dict[str, Any]:
+def headline(res: dict[str, float]) -> dict[str, Any]:
+    """The result file's headline fields of an evaluation (rate, counts, 95 % interval)."""
     return {"success": res["success_rate"], "successes": int(res["successes"]), "episodes": int(res["episodes"]),
             "ci95": [res["ci95_low"], res["ci95_high"]]}
 
@@ -135,7 +136,7 @@ def run_one(bench: Benchmark, recipe: RecipeBase, task: str | int, method: str, 
                               "method": method, "seed": seed, "profile": profile,
                               "data": {**bench.data_info(recipe, task), "transitions": len(train)}}
     if method == PRIOR:
-        result.update(_headline(pre), phases={"prior": pre}, steps=0)
+        result.update(headline(pre), phases={"prior": pre}, steps=0)
     else:
         result.update(_finetune(bench, recipe, task, method, seed, prior, train, rdir, log_eval, progress, seconds))
         result["phases"] = {"prior": pre, **result["phases"]}
@@ -203,7 +204,7 @@ def _finetune(bench: Benchmark, recipe: RecipeBase, task: str, method: str, seed
 
         out["video"] = str(record_episode(ft.agent.make_actor(),
                                           bench.env_factory(recipe, task, "video"), rdir / "video.mp4", seed))
-    out.update(_headline(last), phases=phases, steps=ft.step, final_metrics=final)
+    out.update(headline(last), phases=phases, steps=ft.step, final_metrics=final)
     if getattr(ft.agent, "lam", None) is not None:
         sched = cfg.trust_region.kl_budget_schedule
         out.update(kl_ema=float(ft.agent.kl_ema), lam=float(ft.agent.lam),

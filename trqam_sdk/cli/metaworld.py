@@ -43,12 +43,9 @@ def run(args: argparse.Namespace) -> int:
     recipe = metaworld_recipe(args.recipe, args.profile, deep_merge(recipe_overrides(args), extra))
     methods = expand_methods(args.methods) or recipe.methods
     seeds = args.seed if args.seed is not None else recipe.seeds
-    from trqam_sdk.methods.registry import get_method
-
-    for m in methods:  # every name and option checked before any work
+    for m in methods:  # every name and option checked before any work (finetune_config parses the options)
         if m != "bc":
             recipe.finetune_config(m, seeds[0], "")
-            get_method(m)
     for seed in seeds:
         for method in methods:
             res = run_metaworld(recipe, method, seed, args.out, args.profile, not args.no_progress)

@@ -10,6 +10,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from trqam_sdk.registry_names import check_registry_name
+
 METHODS: dict[str, type] = {}
 """name → agent class (a subclass of :class:`trqam_sdk.methods.base.Agent`)"""
 
@@ -27,8 +29,7 @@ evaluates / trains the prior itself)"""
 
 def register_method[C: type](name: str) -> Callable[[C], C]:
     """Class decorator: ``@register_method("my_method")`` makes ``FinetuneConfig(method="my_method")`` work."""
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"method name {name!r}: use letters, digits, '_' or '-'")
+    check_registry_name(name, "method")
 
     def wrap(cls: C) -> C:
         if name in METHODS and METHODS[name] is not cls:

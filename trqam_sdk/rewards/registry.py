@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from trqam_sdk.registry_names import check_registry_name
+
 IMAGE_KEY = "observation.image"
 """the image key of the SDK's MetaWorld data (LeRobot's ``preprocess_observation`` name for one camera)"""
 
@@ -129,8 +131,7 @@ REWARDS: dict[str, type[RewardSource]] = {}
 
 def register_reward[C: type[RewardSource]](name: str) -> Callable[[C], C]:
     """Class decorator: ``@register_reward("mine")`` makes ``make_reward("mine", **options)`` work."""
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"reward source name {name!r}: use letters, digits, '_' or '-'")
+    check_registry_name(name, "reward source")
 
     def wrap(cls: C) -> C:
         if not (isinstance(cls, type) and issubclass(cls, RewardSource)):

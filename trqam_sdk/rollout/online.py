@@ -106,6 +106,16 @@ def parse_utd(utd: float) -> tuple[int, int]:
                      f"(0.5, 0.25, ...), got {utd!r}")
 
 
+def env_steps_due(update: int, utd: float) -> int:
+    """Env steps taken in all before online update ``update`` (0-based) runs at ``utd``: a pure function of the
+    update index, so a resumed phase steps exactly as an uninterrupted one (``env_steps_due(n - 1, utd)`` is what
+    ``n`` updates take: the replay buffer's online capacity)."""
+    if update < 0:
+        return 0
+    per_step, per_update = parse_utd(utd)
+    return update // per_step + 1 if per_update == 1 else (update + 1) * per_update
+
+
 class OnlinePhase:
     """The online loop of any benchmark, resumable: ``ft`` trains on ``buffer`` (offline rows + what ``actor``
     collects in ``env_factory()``), ``utd`` updates per env step; checkpoints save the buffer to ``replay_dir``.
@@ -117,7 +127,7 @@ class OnlinePhase:
 
     def __init__(self, ft: Finetuner, env_factory: EnvFactory, buffer: ReplayBuffer, actor: ActFn, seed: int,
                  replay_dir: str | Path, utd: float = 1.0, resume: bool = True):
-        self.updates_per_env_step, self.env_steps_per_update = parse_utd(utd)
+        parse_utd(utd)  # a bad utd fails before the env is built
         self.ft, self.buffer, self.replay_dir, self.utd = ft, buffer, Path(replay_dir), float(utd)
         self.start_step = ft.step
         self.env = env_factory()
@@ -129,12 +139,8 @@ class OnlinePhase:
             self.resume()
 
     def env_steps_due(self, update: int) -> int:
-        """Env steps taken in all before online update ``update`` (0-based) runs: a pure function of the update
-        index, so a resumed phase steps exactly as an uninterrupted one."""
-        if update < 0:
-            return 0
-        return update // self.updates_per_env_step + 1 if self.env_steps_per_update == 1 else \
-            (update + 1) * self.env_steps_per_update
+        """:func:`env_steps_due` at this phase's UTD."""
+        return env_steps_due(update, self.utd)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The Finetuner's checkpoint hook: save the buffer's new rows, then return what state.json records."""

@@ -69,9 +69,7 @@ def lerobot_eval(recipe: MetaWorldRecipe, policy_folder: Path, seed: int, out: P
     from trqam_sdk.integrations.lerobot.lerobot_eval import run_lerobot_eval
     from trqam_sdk.rollout.evaluation import episode_seeds
 
-    e = recipe.env
-    env_args = {"task": recipe.task, "image_size": e.image_size, "episode_length": e.episode_length,
-                "fast_render": e.fast_render, "camera": e.camera}
+    env_args = settings_of(recipe).to_dict()  # the same settings object as the data and the SDK's evaluation
     start = episode_seeds(seed, 1)[0]
     return run_lerobot_eval(policy_folder, env_args, episodes=recipe.eval.episodes, seed=start,
                             batch_size=recipe.lerobot_eval.batch_size, out_dir=out,
@@ -86,11 +84,6 @@ def load_vla(folder: Path, kind: str) -> Any:
 
     with tiny_pi_architecture() if kind == "pi0" else contextlib.nullcontext():
         return from_pretrained(folder)
-
-
-def headline(res: dict[str, Any]) -> dict[str, Any]:
-    return {"success": res["success_rate"], "successes": int(res["successes"]), "episodes": int(res["episodes"]),
-            "ci95": [res["ci95_low"], res["ci95_high"]]}
 
 
 def base_result(recipe: MetaWorldRecipe, method: str, seed: int, profile: str) -> dict[str, Any]:

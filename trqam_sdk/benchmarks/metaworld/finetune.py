@@ -17,6 +17,7 @@ import torch
 from trqam_sdk.benchmarks.metaworld import common as P
 from trqam_sdk.benchmarks.metaworld.recipe import MetaWorldRecipe
 from trqam_sdk.benchmarks.metaworld.stages import measure, read_stage, write_stage
+from trqam_sdk.benchmarks.runner import headline
 from trqam_sdk.config import to_dict
 from trqam_sdk.io import read_jsonl
 
@@ -103,7 +104,7 @@ def finetune(recipe: MetaWorldRecipe, method: str, seed: int, root: Path, rdir: 
     if le is not None:
         le["seconds"] = time.perf_counter() - t0
         out["lerobot_eval"] = le
-    out.update(P.headline(last), phases=phases, steps=ft.step, policy=str(policy_dir))
+    out.update(headline(last), phases=phases, steps=ft.step, policy=str(policy_dir))
     if getattr(ft.agent, "lam", None) is not None:
         out.update(kl_ema=float(ft.agent.kl_ema), lam=float(ft.agent.lam), kl_budget=cfg.trust_region.kl_budget)
     return out

@@ -42,21 +42,19 @@ def online_phase(recipe: MetaWorldRecipe, ft: Any, data: Any, root: Path, rdir: 
     from trqam_sdk.benchmarks.metaworld.env import EnvFactory
     from trqam_sdk.data.replay import ReplayBuffer
     from trqam_sdk.integrations.lerobot.policy_env import PolicyEnvFactory
-    from trqam_sdk.rollout.online import OnlinePhase, parse_utd
+    from trqam_sdk.rollout.online import OnlinePhase, env_steps_due
 
+    if ft.step < recipe.offline_steps:  # before the phase opens an env or hooks into the learner's checkpoints
+        raise RuntimeError(f"online phase started at step {ft.step}, before the offline phase's end "
+                           f"({recipe.offline_steps})")
     updates = online_updates(recipe)
-    k, m = parse_utd(recipe.utd)
-    capacity = (updates - 1) // k + 1 if m == 1 else updates * m  # env steps the phase takes
-    buffer = ReplayBuffer(data, recipe.horizon, capacity)
+    buffer = ReplayBuffer(data, recipe.horizon, env_steps_due(updates - 1, recipe.utd))
     opts = tuple(sorted(C.reward_options(recipe, root).items()))
     tokens = data.observations.get("observation.language.tokens") if isinstance(data.observations, dict) else None
     env = PolicyEnvFactory(RewardEnvFactory(EnvFactory(C.settings_of(recipe)), recipe.reward.source, opts),
                            str(prior_folder), token_length=None if tokens is None else int(tokens.shape[1]))
     phase = OnlinePhase(ft, env, buffer, ft.agent.make_actor(seed + 77), seed + 77, rdir / "replay",
                         utd=recipe.utd)
-    if ft.step < recipe.offline_steps:
-        raise RuntimeError(f"online phase started at step {ft.step}, before the offline phase's end "
-                           f"({recipe.offline_steps})")
     try:
         phase.run(updates, progress=progress)
     finally:

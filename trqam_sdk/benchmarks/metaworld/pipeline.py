@@ -26,7 +26,6 @@ import torch
 from trqam_sdk.benchmarks.metaworld.common import (
     base_result,
     domain_name,
-    headline,
     load_vla,
     repo_id,
     sdk_eval,
@@ -35,6 +34,7 @@ from trqam_sdk.benchmarks.metaworld.common import (
 from trqam_sdk.benchmarks.metaworld.recipe import MetaWorldRecipe
 from trqam_sdk.benchmarks.metaworld.stages import cached_stage, measure, read_stage, write_stage
 from trqam_sdk.benchmarks.recipes import PRIOR
+from trqam_sdk.benchmarks.runner import headline
 from trqam_sdk.config import to_dict
 from trqam_sdk.io import atomic_write_text
 
