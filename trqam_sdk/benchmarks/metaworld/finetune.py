@@ -19,7 +19,7 @@ from trqam_sdk.benchmarks.metaworld.recipe import MetaWorldRecipe
 from trqam_sdk.benchmarks.metaworld.stages import measure, read_stage, write_stage
 from trqam_sdk.benchmarks.runner import headline
 from trqam_sdk.config import to_dict
-from trqam_sdk.io import read_jsonl
+from trqam_sdk.io import append_jsonl, read_jsonl
 
 
 def offline_data(recipe: MetaWorldRecipe, root: Path, vla: Any) -> Any:
@@ -57,8 +57,7 @@ def finetune(recipe: MetaWorldRecipe, method: str, seed: int, root: Path, rdir: 
     def log_eval(step: int, res: dict[str, Any], phase: str) -> None:
         if any(r["step"] == step and r["phase"] == phase for r in read_jsonl(rdir / "evals.jsonl")):
             return  # a kill between this row and its stage file: the re-run evaluates again, logs once
-        with open(rdir / "evals.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "phase": phase, **res}) + "\n")
+        append_jsonl(rdir / "evals.jsonl", {"step": step, "phase": phase, **res})
 
     # offline
     spec = {"finetune": to_dict(cfg), "offline_steps": recipe.offline_steps, "eval": to_dict(recipe.eval),
