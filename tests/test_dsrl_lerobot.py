@@ -182,8 +182,9 @@ class TestDSRLContractTinySmolVLA(MethodContract):
     def make_policy(self, data: Any) -> Any:
         return self._data["model"].fresh()
 
-    def finetuner(self, output_dir: Path, **overrides: Any) -> Finetuner:
+    def finetuner(self, output_dir: Path, on_existing: str = "new", **overrides: Any) -> Finetuner:
         data = self.make_data()
         policy = self.make_policy(data)
         torch.manual_seed(0)
-        return Finetuner(self.make_config(output_dir, **overrides), policy, data, critic=vla_critic(policy, 2, 16, 1))
+        return Finetuner(self.make_config(output_dir, **overrides), policy, data, critic=vla_critic(policy, 2, 16, 1),
+                         on_existing=on_existing)  # type: ignore[arg-type]

@@ -85,8 +85,8 @@ def test_resume_in_process_is_exact(toy, tmp_path):
     part = Finetuner(tiny_cfg(tmp_path / "part"), prior, data)
     part.train(steps=3, progress=False)
     part.save_checkpoint()
-    resumed = Finetuner(tiny_cfg(tmp_path / "part"), prior, data)
-    assert resumed.resume() and resumed.step == 3
+    resumed = Finetuner(tiny_cfg(tmp_path / "part"), prior, data, on_existing="resume")
+    assert resumed.resumed_from is not None and resumed.step == 3
     resumed.train(progress=False)
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
     assert a.keys() == b.keys()
@@ -176,7 +176,8 @@ def test_checkpoint_mismatch_and_missing_files(toy, tmp_path):
     (path / "state.json").unlink()
     with pytest.raises(FileNotFoundError, match="state.json"):
         load_checkpoint(path, ft.agent, None)
-    policy = load_policy(latest_checkpoint(tmp_path / "a") / "policy")  # the policy loads on its own
+    assert latest_checkpoint(tmp_path / "a") is None  # an incomplete checkpoint is never resumed from
+    policy = load_policy(path / "policy")  # the policy loads on its own
     assert isinstance(policy, MLPFlowPolicy)
 
 

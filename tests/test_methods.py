@@ -44,9 +44,8 @@ class TestTRQAMFrozenReference(MethodContract):
             next(other.parameters()).add_(0.5)
         from trqam_sdk.training.finetuner import Finetuner
 
-        changed = Finetuner(self.make_config(tmp_path), other, data)
         with pytest.raises(ValueError, match="same pretrained policy"):
-            changed.resume()
+            Finetuner(self.make_config(tmp_path), other, data, on_existing="resume")
 
 
 class TestQAM(MethodContract):

@@ -62,7 +62,7 @@ def _dump(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, str(path))
 
 
-def _finetuner(out: Path, steps: int = OFFLINE + ONLINE, every: int = EVERY) -> tuple[Any, Any]:
+def _finetuner(out: Path, steps: int = OFFLINE + ONLINE, every: int = EVERY, on_existing: str = "new") -> tuple[Any, Any]:
     """The run's Finetuner (TRQAM on a tiny MLP flow policy) and its offline data, built identically each time."""
     from trqam_sdk.adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
 
@@ -77,7 +77,7 @@ def _finetuner(out: Path, steps: int = OFFLINE + ONLINE, every: int = EVERY) -> 
     cfg = FinetuneConfig(method="trqam", batch_size=8, steps=steps, flow_steps=2, log_every=1,
                          checkpoint_every=every, trackers=[], output_dir=str(out), seed=SEED,
                          policy=PolicyConfig(width=16, depth=2), critic=CriticConfig(num_critics=2, width=16, depth=2))
-    return Finetuner(cfg, policy, data), data
+    return Finetuner(cfg, policy, data, on_existing=on_existing), data  # type: ignore[arg-type]
 
 
 def child(out: Path) -> None:
@@ -99,9 +99,7 @@ def child(out: Path) -> None:
             publish(tmp, final)
 
         replay._publish = crashing
-    ft, data = _finetuner(out)
-    if "--resume" in sys.argv:
-        ft.resume()
+    ft, data = _finetuner(out, on_existing="resume" if "--resume" in sys.argv else "new")
     if ft.step < OFFLINE:
         ft.train(steps=OFFLINE - ft.step, progress=False)
     buffer = ReplayBuffer(data, 2, ONLINE)
@@ -244,8 +242,8 @@ def test_utd_schedule_and_checkpoint_state(tmp_path: Path) -> None:
         half.run(4)
     half.run(3)
     assert half.buffer.online_size == 6 and ft2.step == 3
-    ft3, data3 = _finetuner(tmp_path / "u", steps=12, every=0)
-    assert ft3.resume() and ft3.step == 6
+    ft3, data3 = _finetuner(tmp_path / "u", steps=12, every=0, on_existing="resume")
+    assert ft3.resumed_from is not None and ft3.step == 6
     with pytest.raises(ValueError, match="utd=2.0, this one has 1.0"):
         OnlinePhase(ft3, SixStepEnv, ReplayBuffer(data3, 2, 20), ft3.agent.make_actor(SEED), SEED,
                     tmp_path / "u" / "replay")

@@ -121,8 +121,8 @@ def test_no_clip_is_clean_end_to_end(tmp_path: Path) -> None:
     loose, tight = run("1e30", str(tmp_path / "loose")), run("1e-4", str(tmp_path / "tight"))
     a, b, c = (torch.cat([p.detach().flatten() for p in f.agent.parameters()]) for f in (ft, loose, tight))
     assert torch.isfinite(a).all() and torch.equal(a, b) and not torch.equal(a, c)
-    again = Finetuner(ft.cfg, MLPFlowPolicy(MLPPolicyConfig(6, 2, 2, 16, 2)), data)
-    assert again.resume() and again.step == 2
+    again = Finetuner(ft.cfg, MLPFlowPolicy(MLPPolicyConfig(6, 2, 2, 16, 2)), data, on_existing="resume")
+    assert again.resumed_from is not None and again.step == 2
 
 
 def test_expand_methods(monkeypatch: pytest.MonkeyPatch) -> None:

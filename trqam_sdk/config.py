@@ -140,6 +140,12 @@ class FinetuneConfig(ConfigBase):
     """steps between metric rows (metrics.jsonl, trackers, progress bar)"""
     checkpoint_every: int = ranged(0, ge=0)
     """steps between checkpoints; 0: only at the end"""
+    keep_checkpoints: int = ranged(0, ge=0)
+    """newest checkpoints kept (plus the one ``checkpoints/best.json`` names); older ones are deleted after each
+    save; 0: keep all"""
+    max_nonfinite_skips: int = ranged(20, ge=0)
+    """consecutive non-finite (skipped) updates after which training stops with an error naming what went
+    non-finite; 0: never stop (a train() call whose every update was skipped still stops)"""
     output_dir: str = "runs/trqam"
     """run folder: metrics.jsonl, config.json, checkpoints/, tracker logs"""
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from trqam_sdk.benchmarks.results import load_results, metric, phase_eval
-from trqam_sdk.io import read_jsonl
+from trqam_sdk.io import atomic_write_text, read_jsonl
 from trqam_sdk.methods.registry import FINETUNING
 
 METHOD_NAMES = {"bc": "BC (prior)", "fql": "FQL", "cgql_linex": "CGQL-Linex", "dsrl": "DSRL", "ifql": "IFQL",
@@ -178,8 +178,9 @@ def aggregate(runs: str | Path, benchmark: str = "ogbench", phase: str = "offlin
         text += (f"\n## path KL D̂ to the reference (actor/path_kl, mean over the 2nd half of training): mean ± std "
                  f"over seeds\n\n{format_table(kl, columns, digits=3)}\n")
     root = Path(runs)
-    (root / f"table_{phase}.md").write_text(text)
-    (root / f"table_{phase}.json").write_text(json.dumps({"mean_std": tab, "pooled": pool, "path_kl": kl}, indent=2))
+    atomic_write_text(root / f"table_{phase}.md", text)
+    summary = {"mean_std": tab, "pooled": pool, "path_kl": kl}
+    atomic_write_text(root / f"table_{phase}.json", json.dumps(summary, indent=2))
     if make_plots:
         from trqam_sdk.benchmarks.plots import plot_domain
 

@@ -21,7 +21,7 @@ import torch
 from trqam_sdk.benchmarks.base import Benchmark
 from trqam_sdk.benchmarks.recipes import PRIOR, RecipeBase
 from trqam_sdk.config import to_dict
-from trqam_sdk.io import atomic_write_text
+from trqam_sdk.io import append_jsonl, atomic_write_text, write_jsonl
 
 
 def run_dir(out: str | Path, bench: Benchmark, recipe: RecipeBase, task: str, method: str, seed: int) -> Path:
@@ -126,11 +126,10 @@ def run_one(bench: Benchmark, recipe: RecipeBase, task: str | int, method: str, 
     seconds = {"data": t_data - t0, "prior": t_prior - t_data, "prior_eval": time.perf_counter() - t_prior}
     rdir.mkdir(parents=True, exist_ok=True)
     evals = rdir / "evals.jsonl"
-    evals.write_text(json.dumps({"step": 0, "phase": "prior", **pre}) + "\n")
+    write_jsonl(evals, [{"step": 0, "phase": "prior", **pre}])  # a fresh run: an unfinished earlier log replaced
 
     def log_eval(step: int, res: dict[str, float], phase: str) -> None:
-        with open(evals, "a") as f:
-            f.write(json.dumps({"step": step, "phase": phase, **res}) + "\n")
+        append_jsonl(evals, {"step": step, "phase": phase, **res})
 
     result: dict[str, Any] = {"benchmark": bench.name, "domain": bench.domain(recipe), "task": task,
                               "method": method, "seed": seed, "profile": profile,
@@ -152,9 +151,8 @@ def _finetune(bench: Benchmark, recipe: RecipeBase, task: str, method: str, seed
     from trqam_sdk.training.finetuner import Finetuner
 
     cfg = recipe.finetune_config(method, seed, str(rdir))
-    (rdir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run, not an append to an earlier one
     t0 = time.perf_counter()
-    ft = Finetuner(cfg, prior, train)
+    ft = Finetuner(cfg, prior, train, on_existing="overwrite")  # a fresh run: an unfinished earlier one is replaced
     every, video = recipe.eval.every, recipe.eval.video
     to_jsonl = log_eval
 

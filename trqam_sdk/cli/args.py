@@ -12,6 +12,7 @@ import argparse
 import json
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from trqam_sdk.config import describe_fields, load_config
@@ -115,6 +116,21 @@ def config_from_args[T](args: argparse.Namespace, cls: type[T], base: T | None =
     return load_config(cls, args.config, args.overrides, base=base)
 
 
+def add_run_dir_arguments(p: argparse.ArgumentParser) -> None:
+    """``--resume`` / ``--overwrite`` (exclusive): what to do with an earlier run in the output folder, which a
+    plain run refuses (trqam_sdk/training/rundir.py)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in the output folder from its newest intact checkpoint")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run in the output folder (its config, log, checkpoints; other files stay)")
+
+
+def on_existing(args: argparse.Namespace) -> str:
+    """The Finetuner's ``on_existing`` for :func:`add_run_dir_arguments`' flags."""
+    return "resume" if args.resume else "overwrite" if args.overwrite else "new"
+
+
 def int_at_least(lo: int) -> Callable[[str], int]:
     """argparse ``type=`` for an integer flag with a lower bound (argparse names the flag in the error)."""
 
@@ -128,3 +144,42 @@ def int_at_least(lo: int) -> Callable[[str], int]:
         return v
 
     return parse
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first existing part of ``path`` (itself, then its parents) when that part is a file, else None."""
+    for q in (path, *path.parents):
+        if q.exists():
+            return None if q.is_dir() else q
+    return None
+
+
+def check_out_dir(path: str | Path | None, flag: str) -> None:
+    """Refuse, before any work and creating nothing, an output folder that is a file or lies under one (it would
+    otherwise fail as a bare ``Not a directory`` after data generation or training)."""
+    if path is None:
+        return
+    q = _file_in_the_way(Path(path))
+    if q is not None:
+        raise NotADirectoryError(f"{flag} {path}: {q} is a file, not a folder")
+
+
+def check_out_file(path: str | Path, flag: str) -> None:
+    """Refuse an output file that is a folder or whose folder is a file, before any work."""
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{flag} {path}: is a folder, expected a file name")
+    q = _file_in_the_way(p.parent)
+    if q is not None:
+        raise NotADirectoryError(f"{flag} {path}: {q} is a file, not a folder")
+
+
+def check_in_file(path: str | Path | None, flag: str, what: str) -> None:
+    """Refuse a missing input file (or a folder given for it) before any work; the message names flag and path."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{flag} {path}: is a folder, expected a {what}")
+    if not p.is_file():
+        raise FileNotFoundError(f"{flag}: {what} not found: {path}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from trqam_sdk.cli.args import add_config_arguments, config_from_args, int_at_least
+from trqam_sdk.cli.args import add_config_arguments, add_run_dir_arguments, config_from_args, int_at_least, on_existing
 from trqam_sdk.config import FinetuneConfig
 
 SHORTHANDS = {"--method": "method", "--steps": "steps", "--batch-size": "batch_size", "--flow-steps": "flow_steps",
@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "YAML FinetuneConfig (default: the VLA defaults: reference frozen, batch 8, 2 × 128 critic, no trackers)"))
     p.add_argument("--output-dir", required=True, help="run folder (FinetuneConfig.output_dir); the policy is "
                    "written to OUTPUT_DIR/policy")
+    add_run_dir_arguments(p)
     p.add_argument("--lora-rank", type=int_at_least(0), default=0,
                    help="train rank-r LoRA adapters on the expert instead (0: the expert itself)")
     p.add_argument("--push-to", default=None, help="Hub repo id to push the fine-tuned checkpoint to")
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     args.overrides = [*args.overrides, f"output_dir={json.dumps(args.output_dir)}"]
     cfg = config_from_args(args, FinetuneConfig, base=None if args.config else vla_defaults())
     result = finetune_lerobot(cfg, args.policy, args.dataset, repo_id=args.repo_id, lora_rank=args.lora_rank,
-                              push_to=args.push_to, tiny=args.tiny)
+                              push_to=args.push_to, tiny=args.tiny,
+                              on_existing=on_existing(args))
     if result is not None:
         print(json.dumps(result))
     return 0

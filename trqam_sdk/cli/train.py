@@ -10,30 +10,13 @@ Multi-process on CPU: ``torchrun --nproc_per_node 2 -m trqam_sdk.cli train ...``
 from __future__ import annotations
 
 import argparse
-import zipfile
-from pathlib import Path
-
-import numpy as np
 
 from trqam_sdk.adapters.base import load_policy
 from trqam_sdk.adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
-from trqam_sdk.cli.args import add_config_arguments, config_from_args, int_at_least
+from trqam_sdk.cli.args import add_config_arguments, add_run_dir_arguments, config_from_args, int_at_least, on_existing
 from trqam_sdk.config import FinetuneConfig
-from trqam_sdk.data.transitions import Transitions
+from trqam_sdk.data.files import load_transitions
 from trqam_sdk.training.finetuner import Finetuner, pretrain_bc
-
-
-def load_transitions(path: str | Path) -> Transitions:
-    """A ``.npz`` with observations, actions, rewards, masks, terminals, next_observations (flat, N rows)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"transitions file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = dict(f)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a readable .npz of transitions ({e})") from e
-    return Transitions.from_numpy(arrays)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bc-steps", type=int_at_least(0), default=1000,
                    help="BC steps when pretraining a new MLP prior (>= 0)")
     add_config_arguments(p, FinetuneConfig, {"--output-dir": "output_dir", "--steps": "steps"})
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    add_run_dir_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -59,9 +42,7 @@ def run(args: argparse.Namespace) -> int:
         policy = MLPFlowPolicy(MLPPolicyConfig(data.obs_dim, args.horizon, data.action_dim, pc.width, pc.depth,
                                                pc.layer_norm))
         policy = pretrain_bc(policy, data, args.bc_steps, cfg.batch_size, cfg.lr, cfg.seed, not args.no_progress)
-    ft = Finetuner(cfg, policy, data)
-    if args.resume and ft.resume():
-        print(f"resumed at step {ft.step}")
+    ft = Finetuner(cfg, policy, data, on_existing=on_existing(args))
     metrics = ft.train(progress=not args.no_progress)
     if ft.accelerator.is_main_process:
         shown = [*ft.agent.progress_keys, "train/nonfinite_skips"]  # the method's own headline metrics

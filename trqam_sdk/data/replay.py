@@ -5,6 +5,8 @@ that already holds the offline data, and batches are drawn uniformly over the un
 mixed uniformly). The buffer *is* a :class:`ChunkSampler`, so the Finetuner samples chunks from it exactly as
 from offline data, episode ends respected: rows of the episode still being collected treat the newest row as
 their end (chunks that reach past it are marked invalid). The env side is :mod:`trqam_sdk.rollout.online`.
+The buffer does not refuse offline data whose episodes are all shorter than the chunk (as ChunkSampler does):
+online episodes may be long enough; the Finetuner's own sampler checks the offline data before any update.
 
 Observations are a tensor or a dict of tensors (a VLA's uint8 images, int token ids, float state): every leaf
 keeps the offline data's dtype and all ``capacity`` online rows are allocated up front, so memory is bounded
@@ -34,7 +36,7 @@ import torch
 from torch import Tensor
 
 from trqam_sdk.core.pytree import tree_map
-from trqam_sdk.data.transitions import KEYS, ChunkSampler, Transitions
+from trqam_sdk.data.transitions import KEYS, ChunkSampler, Transitions, episode_ends
 from trqam_sdk.io import atomic_write_text
 
 MANIFEST = "manifest.json"
@@ -78,6 +80,24 @@ def _leaf(value: Any, like: Tensor, name: str) -> Tensor:
     return t.to(want)
 
 
+def _check_row(row: Tensor | dict[str, Tensor], name: str) -> None:
+    """A NaN/inf online row would poison every critic batch that draws it: refused at :meth:`ReplayBuffer.add`."""
+    for key, t in (row.items() if isinstance(row, dict) else [(None, row)]):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"replay buffer add: {name if key is None else f'{name}[{key!r}]'} contains NaN/inf")
+
+
+def _scalar(value: Any, name: str) -> float:
+    """``reward`` / ``mask`` / ``terminal`` of one step as a finite float (a 1-element array is accepted)."""
+    try:
+        v = float(np.asarray(value, dtype=np.float64).reshape(()))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"replay buffer add: {name} must be one number, got {value!r} ({e})") from None
+    if not math.isfinite(v):
+        raise ValueError(f"replay buffer add: {name} is {v} (not finite)")
+    return v
+
+
 class ReplayBuffer(ChunkSampler):
     """Offline transitions followed by up to ``capacity`` online ones; ``len`` counts the filled rows."""
 
@@ -97,7 +117,7 @@ class ReplayBuffer(ChunkSampler):
                     raise ValueError(f"offline {name} has {v.shape[0]} rows, actions has {n}")
             full[k] = tree_map(lambda v: torch.cat([v, v.new_zeros((capacity, *v.shape[1:]))]), getattr(offline, k))
         self.data, self.horizon = Transitions(**full), horizon
-        self.episode_end = torch.cat([ChunkSampler(offline, horizon).episode_end,
+        self.episode_end = torch.cat([episode_ends(offline.terminals),
                                       torch.zeros(capacity, dtype=torch.long)])
         self.offline_size, self.size, self.capacity, self.episode_start = n, n, n + capacity, n
         self._fingerprint: str | None = None
@@ -160,7 +180,8 @@ class ReplayBuffer(ChunkSampler):
 
     def add(self, obs: Any, action: Any, reward: float, mask: float, terminal: bool, next_obs: Any) -> None:
         """Append one transition; ``terminal`` ends the episode (success or time limit), ``mask`` = 0 only on
-        a true termination (no bootstrap). Dict rows are checked key by key (shape, dtype kind)."""
+        a true termination (no bootstrap). Dict rows are checked key by key (shape, dtype kind); NaN/inf values and
+        a mask or terminal other than 0 / 1 are refused before anything is written."""
         if self.size >= self.capacity:
             raise IndexError(f"replay buffer full: all {self.online_capacity} online rows (after "
                              f"{self.offline_size} offline ones) are used; build it with a larger capacity")
@@ -168,6 +189,13 @@ class ReplayBuffer(ChunkSampler):
         o = self._row(obs, d.observations, "observations")
         a = _leaf(action, d.actions, "actions")
         no = self._row(next_obs, d.next_observations, "next_observations")
+        _check_row(o, "observations")
+        _check_row(a, "actions")
+        _check_row(no, "next_observations")
+        reward, mask, terminal = _scalar(reward, "reward"), _scalar(mask, "mask"), _scalar(terminal, "terminal")
+        for name, v in (("mask", mask), ("terminal", terminal)):
+            if v not in (0.0, 1.0):
+                raise ValueError(f"replay buffer add: {name} must be 0 or 1, got {v:g}")
         for store, row in ((d.observations, o), (d.next_observations, no)):
             if isinstance(store, dict):
                 for k, t in row.items():
@@ -175,7 +203,7 @@ class ReplayBuffer(ChunkSampler):
             else:
                 store[i] = row
         d.actions[i] = a
-        d.rewards[i], d.masks[i], d.terminals[i] = float(reward), float(mask), float(terminal)
+        d.rewards[i], d.masks[i], d.terminals[i] = reward, mask, terminal
         self.size += 1
         self.episode_end[self.episode_start:self.size] = i  # the ongoing episode ends (for now) at row i
         if terminal:

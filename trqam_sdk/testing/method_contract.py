@@ -70,9 +70,10 @@ class MethodContract:
         fields.update(overrides)
         return FinetuneConfig(**fields)
 
-    def finetuner(self, output_dir: Path, **overrides: Any) -> Finetuner:
+    def finetuner(self, output_dir: Path, on_existing: str = "new", **overrides: Any) -> Finetuner:
         data = self.make_data()
-        return Finetuner(self.make_config(output_dir, **overrides), self.make_policy(data), data)
+        return Finetuner(self.make_config(output_dir, **overrides), self.make_policy(data), data,
+                         on_existing=on_existing)  # type: ignore[arg-type]
 
     # -- the contract ------------------------------------------------------------------------------------
     def test_registered_as_an_agent(self) -> None:
@@ -130,8 +131,8 @@ class MethodContract:
         part = self.finetuner(tmp_path / "part")
         part.train(steps=2, progress=False)
         part.save_checkpoint()
-        resumed = self.finetuner(tmp_path / "part")
-        assert resumed.resume() and resumed.step == 2
+        resumed = self.finetuner(tmp_path / "part", on_existing="resume")
+        assert resumed.resumed_from is not None and resumed.step == 2
         resumed.train(progress=False)
         ck = latest_checkpoint(tmp_path / "part")
         algorithm = load_file(str(ck / "algorithm.safetensors"))

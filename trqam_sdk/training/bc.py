@@ -15,6 +15,7 @@ from trqam_sdk.conventions import Conventions
 from trqam_sdk.data.transitions import ChunkSampler, Transitions
 from trqam_sdk.methods.bc import BCAgent
 from trqam_sdk.training.checks import check_compatible
+from trqam_sdk.training.nonfinite import NonFiniteTrainingError
 from trqam_sdk.training.randomness import BC_SEED_OFFSET, draw_step
 
 
@@ -44,6 +45,10 @@ def pretrain_bc(policy: FlowPolicy, data: Transitions, steps: int, batch_size: i
     for step in bar:
         idx, noise = draw_step(seed + BC_SEED_OFFSET, step, len(sampler), batch_size, spec)
         loss, _ = agent.loss(sampler.sample(idx), noise)
+        if not torch.isfinite(loss):  # the prior anchors everything after it: never hand on a ruined one
+            raise NonFiniteTrainingError(
+                f"BC pretraining: the loss is {loss.item()} at step {step}, the prior's weights would be ruined; "
+                "check the data's scale (normalise observations and actions), lr and batch_size")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:

@@ -8,6 +8,10 @@ Layout of ``<run>/checkpoints/step-00001000/``:
   state.json               step, config, optimiser hyper-parameters, counters, fingerprints of rebuilt copies
 and ``<run>/checkpoints/latest.json`` names the newest complete one. Randomness is a pure function of
 (seed, step), so no RNG state is needed to resume exactly.
+
+A save is written into ``.tmp-step-N-<pid>`` (state.json last) and renamed in; re-saving an existing step renames the
+old folder aside (``.old-step-N-<pid>``), renames the new one in, then deletes the old: a kill at any point leaves
+either folder complete under a name :func:`trqam_sdk.training.rundir.scan_checkpoints` finds.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from trqam_sdk.adapters.base import check_state_dict
-from trqam_sdk.io import atomic_write_text
+from trqam_sdk.io import atomic_write_text, read_json, read_safetensors
 from trqam_sdk.methods.base import Agent
 from trqam_sdk.training.ownership import check_fingerprint, fingerprint, policy_save_is_exact, split_state
+from trqam_sdk.training.rundir import scan_checkpoints
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -80,19 +85,22 @@ def save_checkpoint(run_dir: str | Path, step: int, agent: Agent, optimizer: tor
     agent.policy.save_pretrained(tmp / "policy")
     meta = {**state, "step": step, "optimizer": opt_meta, "method": agent.method_name,
             "rebuilt_fingerprint": fingerprint(agent, rebuilt)}
-    (tmp / "state.json").write_text(json.dumps(meta, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    (tmp / "state.json").write_text(json.dumps(meta, indent=2))  # last: its presence marks the folder complete
+    if final.exists():  # re-save: swap, then delete the old one
+        old = root / f".old-step-{step:08d}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
     atomic_write_text(root / "latest.json", json.dumps({"step": step, "path": final.name}))
     return final
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    pointer = Path(run_dir) / "checkpoints" / "latest.json"
-    if not pointer.is_file():
-        return None
-    return pointer.parent / json.loads(pointer.read_text())["path"]
+    """The newest intact checkpoint of ``run_dir`` (found by scanning, so a missing ``latest.json`` is no
+    obstacle), or None."""
+    return scan_checkpoints(run_dir).newest
 
 
 def _load_policy(agent: Agent, folder: Path) -> None:
@@ -105,7 +113,7 @@ def _load_policy(agent: Agent, folder: Path) -> None:
     file = folder / "model.safetensors"
     if not file.is_file():
         raise FileNotFoundError(f"checkpoint {folder.parent} is incomplete: policy/model.safetensors is missing")
-    tensors = load_file(str(file))
+    tensors = read_safetensors(file, "policy weights file")
     check_state_dict(policy, tensors, f"{file} does not match this policy")
     policy.load_state_dict(tensors)
 
@@ -116,12 +124,12 @@ def load_checkpoint(path: str | Path, agent: Agent, optimizer: torch.optim.Optim
     for name in ("algorithm.safetensors", "state.json"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"checkpoint {path} is incomplete: {name} is missing")
-    state = json.loads((path / "state.json").read_text())
+    state = read_json(path / "state.json", "checkpoint state")
     own, _ = split_state(agent)
     if policy_save_is_exact(agent):
         _load_policy(agent, path / "policy")
     file = path / "algorithm.safetensors"
-    tensors = load_file(str(file))
+    tensors = read_safetensors(file, "checkpoint algorithm file")
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     wrong = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own.keys() & tensors.keys() if own[k].shape != tensors[k].shape]
@@ -131,5 +139,6 @@ def load_checkpoint(path: str | Path, agent: Agent, optimizer: torch.optim.Optim
     agent.load_state_dict(tensors, strict=False)
     check_fingerprint(state.get("rebuilt_fingerprint", {}), agent, f"checkpoint {path}")
     if optimizer is not None:
-        load_optimizer_tensors(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+        tensors = read_safetensors(path / "optimizer.safetensors", "checkpoint optimizer file")
+        load_optimizer_tensors(optimizer, tensors, state["optimizer"])
     return state

@@ -24,18 +24,22 @@ from trqam_sdk.adapters.base import FlowPolicy
 from trqam_sdk.config import FinetuneConfig, to_dict, validate
 from trqam_sdk.core.pytree import tree_map
 from trqam_sdk.data.transitions import ChunkSampler, Transitions
-from trqam_sdk.io import atomic_write_text
+from trqam_sdk.io import append_jsonl, atomic_write_text, read_json, read_jsonl, write_jsonl
 from trqam_sdk.methods.base import Agent
 from trqam_sdk.methods.registry import get_method
+from trqam_sdk.training import rundir
 from trqam_sdk.training.bc import pretrain_bc
-from trqam_sdk.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trqam_sdk.training.checkpoint import load_checkpoint, save_checkpoint
 from trqam_sdk.training.checks import check_compatible
+from trqam_sdk.training.nonfinite import NonFiniteGuard, NonFiniteTrainingError, diagnose
 from trqam_sdk.training.randomness import draw_step, shard_noise, step_generator
 
-__all__ = ["Finetuner", "check_compatible", "pretrain_bc", "step_generator"]
+__all__ = ["Finetuner", "NonFiniteTrainingError", "check_compatible", "pretrain_bc", "step_generator"]
 
 RESERVED_STATE = frozenset({"step", "optimizer", "method", "rebuilt_fingerprint"})
 """state.json keys save_checkpoint writes itself (a checkpoint hook may not return them)"""
+RESUME_MUST_MATCH = ("method", "flow_steps", "batch_size", "seed")
+"""config fields a resumed run must share with its checkpoint (others, e.g. ``steps`` or ``lr``, may change)"""
 
 
 def _flat_config(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -52,13 +56,32 @@ def _flat_config(cfg: FinetuneConfig) -> dict[str, Any]:
     return out
 
 
+def _check_resumable(path: Path, cfg: FinetuneConfig) -> None:
+    """Refuse (before anything is built or written) a checkpoint trained with a conflicting config."""
+    saved = read_json(path / "state.json", "checkpoint state").get("config", {})
+    for key in RESUME_MUST_MATCH:
+        if saved.get(key) != getattr(cfg, key):
+            raise rundir.RunDirError(f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, "
+                                     f"this run has {getattr(cfg, key)!r} (use another output folder or --overwrite)")
+
+
 class Finetuner:
-    """Off-policy fine-tuning of ``policy`` (the pretrained prior) on ``data`` with ``cfg.method``."""
+    """Off-policy fine-tuning of ``policy`` (the pretrained prior) on ``data`` with ``cfg.method``.
+
+    ``on_existing`` says what to do with an earlier run in ``cfg.output_dir`` (training/rundir.py): ``"new"``
+    refuses a non-empty folder, ``"resume"`` continues from its newest intact checkpoint (refused when there is none
+    or its config conflicts), ``"overwrite"`` removes the earlier run first, ``"auto"`` resumes if it can, else
+    overwrites. Every refusal happens before the folder is touched.
+    """
 
     def __init__(self, cfg: FinetuneConfig, policy: FlowPolicy, data: Transitions,
-                 critic: torch.nn.Module | None = None, accelerator: Accelerator | None = None):
+                 critic: torch.nn.Module | None = None, accelerator: Accelerator | None = None,
+                 on_existing: rundir.OnExisting = "new"):
         validate(cfg, where="FinetuneConfig")  # recipes and callers may have mutated it since it was built
         check_compatible(policy, data)
+        resume_from = rundir.plan(cfg.output_dir, on_existing)  # read-only: refusals before any work
+        if resume_from is not None:
+            _check_resumable(resume_from, cfg)
         agent_cls = get_method(cfg.method)
         self.cfg, self.data = cfg, data
         self.run_dir = Path(cfg.output_dir)
@@ -83,14 +106,27 @@ class Finetuner:
         optimizer = torch.optim.Adam(params, lr=cfg.lr, foreach=True)  # multi-tensor; CPU default is a loop
         self.model, self.optimizer = acc.prepare(agent, optimizer)
         self.step, self.nonfinite_skips = 0, 0
+        self.guard = NonFiniteGuard(cfg.max_nonfinite_skips, loud=acc.is_main_process)
         self.checkpoint_hooks: list[Callable[[], dict[str, Any]]] = []
         """called (main process) before each checkpoint is written, e.g. to save the replay buffer first; each
         returns JSON-able entries for its state.json (rollout/online.py records the buffer rows and counters)"""
         self.resumed_state: dict[str, Any] | None = None
-        """state.json of the checkpoint :meth:`resume` restored (what the hooks recorded), None before"""
+        """state.json of the checkpoint the run resumed from (what the hooks recorded), None for a fresh run"""
+        self.resumed_from: Path | None = resume_from
+        """the checkpoint folder the run continues from"""
+        self._lock: rundir.RunLock | None = None
+        if resume_from is not None:
+            self._restore(resume_from)  # loads everything before the folder is touched (a mismatch refuses here)
+        acc.wait_for_everyone()
         if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+            self._lock = rundir.RunLock(self.run_dir)
+            self.resumed_from = rundir.prepare(self.run_dir, on_existing, resume_from)
+            atomic_write_text(self.run_dir / "config.json", json.dumps(to_dict(cfg), indent=2))
+            if resume_from is not None:  # drop log rows past the checkpoint so the log stays one contiguous run
+                log = self.run_dir / "metrics.jsonl"
+                if log.is_file():
+                    write_jsonl(log, [r for r in read_jsonl(log) if r.get("step", 0) <= self.step])
+        acc.wait_for_everyone()
         if cfg.trackers:
             acc.init_trackers("trqam", config=_flat_config(cfg))
 
@@ -135,9 +171,12 @@ class Finetuner:
         if math.isfinite(loss_all) and math.isfinite(gnorm):
             self.optimizer.step()
             self.agent.after_step(out, self.step)
+            self.guard.ok(self.step)
         else:  # a non-finite loss must not touch the weights, the targets or any dual variable
+            why = diagnose(self.agent, loss_all, gnorm, out, batch)
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite_skips += 1
+            self.guard.skipped(self.step, self.nonfinite_skips, why)
         out.update(self.agent.status(self.step))
         self.step += 1
         out.update({"train/loss": loss_all, "train/grad_norm": gnorm, "train/nonfinite_skips": self.nonfinite_skips})
@@ -158,6 +197,7 @@ class Finetuner:
                    disable=not (progress and acc.is_local_main_process))
         metrics: dict[str, float] = {}
         t_last, step_last = time.perf_counter(), self.step
+        start, skips_before = self.step, self.nonfinite_skips
         while self.step < end:
             if before_step is not None:
                 before_step(self.step)
@@ -174,7 +214,21 @@ class Finetuner:
                 self.save_checkpoint()
         bar.close()
         self.save_checkpoint()
+        self._report_skips(self.step - start, self.nonfinite_skips - skips_before)
         return metrics
+
+    def _report_skips(self, updates: int, skipped: int) -> None:
+        """A console summary of skipped updates; an error when every update of this call was skipped."""
+        if not skipped:
+            return
+        if skipped == updates:
+            raise NonFiniteTrainingError(
+                f"training failed: all {updates} updates (steps {self.step - updates}..{self.step - 1}) were "
+                f"non-finite and skipped, the weights never changed; the first warning above names what went "
+                f"non-finite. Check the data's scale, the prior's weights, lr and lam_init")
+        if self.accelerator.is_main_process:
+            tqdm.write(f"warning: {skipped} of {updates} updates were non-finite and skipped "
+                       f"(train/nonfinite_skips in {self.run_dir / 'metrics.jsonl'})")
 
     def log_to_trackers(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Namespaced metrics from outside the update (the runner's ``eval/…``) to the trackers, at ``step``."""
@@ -186,13 +240,15 @@ class Finetuner:
         if self.cfg.trackers:
             acc.log(metrics, step=self.step)
         if acc.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": self.step, **dict(sorted(metrics.items()))}) + "\n")
+            append_jsonl(self.run_dir / "metrics.jsonl", {"step": self.step, **dict(sorted(metrics.items()))})
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
 
-    def save_checkpoint(self) -> Path | None:
+    def save_checkpoint(self, best: bool = False, **best_info: float) -> Path | None:
+        """Write ``checkpoints/step-N`` (atomically, see training/checkpoint.py), then prune to
+        ``cfg.keep_checkpoints``; ``best=True`` marks it in ``best.json`` (with ``best_info``, e.g. a success
+        rate), so pruning keeps it."""
         acc = self.accelerator
         acc.wait_for_everyone()
         path = None
@@ -206,32 +262,27 @@ class Finetuner:
                     raise ValueError(f"checkpoint hook {hook!r} returned reserved state.json keys {clash}")
                 state.update(extra)
             path = save_checkpoint(self.run_dir, self.step, self.agent, self._optimizer(), state)
+            if best:
+                rundir.mark_best(self.run_dir, self.step, **best_info)
+            rundir.prune(self.run_dir, self.cfg.keep_checkpoints)
         acc.wait_for_everyone()
         return path
 
-    def resume(self, path: str | Path | None = None) -> bool:
-        """Continue from ``path`` or the run's latest checkpoint; returns False when there is none."""
-        path = Path(path) if path else latest_checkpoint(self.run_dir)
-        if path is None:
-            return False
+    def _restore(self, path: Path) -> None:
+        """Load the checkpoint at ``path`` into the agent and optimiser and continue at its step."""
         state = load_checkpoint(path, self.agent, self._optimizer())
         self.resumed_state = state
-        saved = state["config"]
-        for key in ("method", "flow_steps", "batch_size", "seed"):
-            if saved.get(key) != getattr(self.cfg, key):
-                raise ValueError(f"checkpoint {path} was trained with {key}={saved.get(key)!r}, "
-                                 f"this run has {getattr(self.cfg, key)!r}")
         self.step, self.nonfinite_skips = int(state["step"]), int(state.get("nonfinite_skips", 0))
-        if self.accelerator.is_main_process:  # drop log rows past the checkpoint so the log stays one run
-            log = self.run_dir / "metrics.jsonl"
-            if log.is_file():
-                rows = [r for r in log.read_text().splitlines() if r and json.loads(r)["step"] <= self.step]
-                atomic_write_text(log, "".join(r + "\n" for r in rows))  # a kill here must not tear the log
-        return True
+        if self.accelerator.is_main_process:
+            print(f"resuming {self.run_dir} from {path.name} (step {self.step})")
 
     def save_policy(self, path: str | Path) -> Path:
         return self.policy.save_pretrained(path)
 
     def end(self) -> None:
+        """Close the trackers and release the run folder's lock."""
         if self.cfg.trackers:
             self.accelerator.end_training()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

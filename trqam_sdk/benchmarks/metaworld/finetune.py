@@ -7,7 +7,6 @@ incrementally); a re-run resumes from the newest checkpoint. The offline phase e
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from trqam_sdk.benchmarks.metaworld.recipe import MetaWorldRecipe
 from trqam_sdk.benchmarks.metaworld.stages import measure, read_stage, write_stage
 from trqam_sdk.benchmarks.runner import headline
 from trqam_sdk.config import to_dict
-from trqam_sdk.io import append_jsonl, read_jsonl
+from trqam_sdk.io import append_jsonl, read_jsonl, write_jsonl
 
 
 def offline_data(recipe: MetaWorldRecipe, root: Path, vla: Any) -> Any:
@@ -47,11 +46,12 @@ def finetune(recipe: MetaWorldRecipe, method: str, seed: int, root: Path, rdir: 
         data = offline_data(recipe, root, vla)
     c = cfg.critic
     torch.manual_seed(cfg.seed)  # the critic's init is part of the run
-    ft = Finetuner(cfg, vla, data, critic=vla_critic(vla, c.num_critics, c.width, c.depth, layer_norm=c.layer_norm))
-    resumed = ft.resume()
+    ft = Finetuner(cfg, vla, data, critic=vla_critic(vla, c.num_critics, c.width, c.depth, layer_norm=c.layer_norm),
+                   on_existing="auto")  # the stage files say whether the run is finished
+    resumed = ft.resumed_from is not None
     if not resumed:
         (rdir / "metrics.jsonl").unlink(missing_ok=True)
-        (rdir / "evals.jsonl").write_text(json.dumps({"step": 0, "phase": "prior", **prior_res}) + "\n")
+        write_jsonl(rdir / "evals.jsonl", [{"step": 0, "phase": "prior", **prior_res}])
     out: dict[str, Any] = {"transitions": len(data), "resumed_from_step": ft.step if resumed else None}
 
     def log_eval(step: int, res: dict[str, Any], phase: str) -> None:

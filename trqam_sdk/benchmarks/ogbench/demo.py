@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from trqam_sdk.io import atomic_write_text
 from trqam_sdk.schema import ConfigBase, ranged
 
 DEFAULT_TASK = "cube-single-play-singletask-task1-v0"
@@ -158,7 +159,7 @@ def run_demo(o: DemoOptions) -> dict[str, Any]:
                "kl_ema": float(np.mean([r["trqam"]["kl_ema"] for r in runs])),
                "lam": float(np.mean([r["trqam"]["lam"] for r in runs])), "kl_budget": o.kl_budget,
                "data_seconds": t_data, "total_seconds": total, "options": asdict(o), "runs": runs}
-    (out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2, default=str))
     print(f"RESULT {o.task} over {len(runs)} seed(s), {o.episodes} episodes each: BC {summary['bc_success']}  "
           f"TRQAM {summary['trqam_success']}  final kl_ema {summary['kl_ema']:.4f} vs ε {o.kl_budget}  "
           f"λ {summary['lam']:.4f}")

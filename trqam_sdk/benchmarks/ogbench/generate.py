@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trqam_sdk.benchmarks.ogbench.official import REQUIRED_KEYS, to_transitions
+from trqam_sdk.io import atomic_write_text
 
 if TYPE_CHECKING:
     from trqam_sdk.data.transitions import Transitions
@@ -269,7 +270,7 @@ def generate_dataset(
         tmp = str(target) + ".tmp.npz"
         np.savez_compressed(tmp, **merged)
         os.replace(tmp, target)
-    (out_dir / "info.json").write_text(json.dumps(stats, indent=2))
+    atomic_write_text(out_dir / "info.json", json.dumps(stats, indent=2))
     return out_dir
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from trqam_sdk.benchmarks.base import Benchmark, EnvMode
 from trqam_sdk.benchmarks.registry import register_benchmark
 from trqam_sdk.benchmarks.robomimic.recipe import RECIPE_DIR, RobomimicRecipe, dataset_path
+from trqam_sdk.io import atomic_write_text
 
 
 @register_benchmark("robomimic")
@@ -57,7 +58,8 @@ class Robomimic(Benchmark):
     def save_policy_extras(self, recipe: Any, task: str, folder: Path) -> None:
         """The policy's input scaling: a robomimic policy is only usable with the data's normaliser."""
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "obs_normalizer.json").write_text(self._load(self.expect_recipe(recipe))[0].normalizer.to_json())
+        normalizer = self._load(self.expect_recipe(recipe))[0].normalizer
+        atomic_write_text(folder / "obs_normalizer.json", normalizer.to_json())
 
     def env_factory(self, recipe: Any, task: str, mode: EnvMode = "eval") -> Any:
         from trqam_sdk.benchmarks.robomimic.env import RobomimicEnvFactory

@@ -26,10 +26,12 @@ def vla_defaults() -> FinetuneConfig:
 
 
 def finetune_lerobot(cfg: FinetuneConfig, policy: str | Path, dataset: str | Path, repo_id: str | None = None,
-                     lora_rank: int = 0, push_to: str | None = None, tiny: bool = False) -> dict[str, Any] | None:
+                     lora_rank: int = 0, push_to: str | None = None, tiny: bool = False,
+                     on_existing: str = "new") -> dict[str, Any] | None:
     """Fine-tune ``policy`` (a lerobot checkpoint folder or Hub id) on the LeRobotDataset at ``dataset`` and
     save it under ``cfg.output_dir/policy`` (and push it to ``push_to``). Returns the run summary on the main
-    process, None on the others. ``tiny`` loads pi0 / pi0.5 with the tiny test backbone sizes."""
+    process, None on the others. ``tiny`` loads pi0 / pi0.5 with the tiny test backbone sizes; ``on_existing``: what
+    to do with an earlier run in ``cfg.output_dir`` (the Finetuner's: new, resume, overwrite, auto)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from trqam_sdk.adapters.lerobot import from_pretrained
@@ -53,7 +55,8 @@ def finetune_lerobot(cfg: FinetuneConfig, policy: str | Path, dataset: str | Pat
     data = lerobot_transitions(LeRobotDataset(repo_id or root.name, root=str(root)), vla.preprocessor)
     c = cfg.critic
     torch.manual_seed(cfg.seed)  # the critic's init is part of the run: seed it (it was not reproducible)
-    ft = Finetuner(cfg, vla, data, critic=vla_critic(vla, c.num_critics, c.width, c.depth, layer_norm=c.layer_norm))
+    ft = Finetuner(cfg, vla, data, critic=vla_critic(vla, c.num_critics, c.width, c.depth, layer_norm=c.layer_norm),
+                   on_existing=on_existing)  # type: ignore[arg-type]
     metrics = ft.train(progress=False)
     acc, result = ft.accelerator, None
     if acc.is_main_process:
