@@ -9,6 +9,7 @@ cache), computed once per state and reused for every flow step and every VJP.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from trqam_sdk.core.pytree import Cond, first_leaf, repeat_condition, tree_map  # noqa: F401  (re-exported)
+from trqam_sdk.io import read_json, read_safetensors
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,15 @@ class FlowPolicy(nn.Module):
         save_file(state, str(directory / "model.safetensors"))
         return directory
 
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | Path, revision: str | None = None) -> FlowPolicy:
+        """:func:`load_policy`, checked to give this class (a folder holding another adapter is an error)."""
+        policy = load_policy(path_or_repo, revision)
+        if not isinstance(policy, cls):
+            raise ValueError(f"{path_or_repo} holds a {type(policy).__name__} ({policy.type_name!r} adapter), "
+                             f"not a {cls.__name__}")
+        return policy
+
 
 def check_state_dict(module: nn.Module, tensors: dict[str, Tensor], what: str) -> None:
     """Raise ``ValueError(what: ...)`` naming missing, unexpected and wrongly shaped tensors."""
@@ -126,31 +137,86 @@ def check_state_dict(module: nn.Module, tensors: dict[str, Tensor], what: str) -
         raise ValueError(f"{what}: missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
 
 
+def resolve_folder(path_or_repo: str | Path, revision: str | None = None, what: str = "policy folder") -> Path:
+    """The local folder ``path_or_repo`` names, or the Hub snapshot of it as a repo id. Local paths are checked
+    first, so a mistyped local path fails as "not found" instead of as a Hub error about repo-id syntax; a name
+    that could be a repo id and is not local fails naming both lookups."""
+    text = str(path_or_repo)
+    if not text.strip():
+        raise ValueError(f"{what}: an empty path")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"{path} is a file, not a {what} (a folder with config.json and model.safetensors)")
+    if not _could_be_repo_id(text):
+        raise FileNotFoundError(f"{what} not found: {text}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, revision=revision))
+    except Exception as e:  # offline, unknown repo, no access, network: all say the same to the user
+        cause = " ".join(str(e).split()) or type(e).__name__
+        raise FileNotFoundError(f"no local folder {text}, and the Hub lookup of repo id {text} failed: "
+                                f"{type(e).__name__}: {cause}") from e
+
+
+def _could_be_repo_id(text: str) -> bool:
+    """Whether ``text`` could be a Hub repo id (``name`` or ``namespace/name``): one '/' at most, no leading
+    '.', '/' or '~', no other path pieces, and the Hub's own character rules."""
+    if text.count("/") > 1 or text.startswith((".", "/", "~")):
+        return False
+    pieces = {"\\", "..", ":", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(p in text for p in pieces - {"/"}):
+        return False
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def read_config_json(folder: Path, what: str) -> dict[str, Any]:
+    """``folder/config.json`` as a mapping; missing, corrupt or non-mapping files are errors naming the file."""
+    file = folder / "config.json"
+    meta = read_json(file, f"{what} config")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{file}: expected a JSON object (a {what} config), got a {type(meta).__name__}")
+    return meta
+
+
 def load_policy(path_or_repo: str | Path, revision: str | None = None) -> FlowPolicy:
-    """Load an adapter saved by :meth:`FlowPolicy.save_pretrained` from a folder or a Hub repo id."""
-    from safetensors.torch import load_file
-
-    path = Path(path_or_repo)
-    if not path.is_dir():
-        if path.exists() or str(path_or_repo).startswith((".", "/")):
-            raise FileNotFoundError(f"policy folder not found: {path_or_repo}")
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(str(path_or_repo), revision=revision))
+    """Load an adapter saved by :meth:`FlowPolicy.save_pretrained` from a folder or a Hub repo id (a local path
+    is always looked up locally first). Every missing or corrupt file is an error naming the file."""
+    path = resolve_folder(path_or_repo, revision)
     for name in ("config.json", "model.safetensors"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path} has no {name}: not a trqam-sdk policy folder")
-    meta = json.loads((path / "config.json").read_text())
+    meta = read_config_json(path, "policy")
     if "adapter" not in meta and "type" in meta:  # a LeRobot checkpoint (pi0, pi05, smolvla)
         from trqam_sdk.adapters.lerobot import from_pretrained
 
         return from_pretrained(path)
-    kind = meta.get("adapter")
-    if kind not in ADAPTERS:
-        raise ValueError(f"{path}/config.json names adapter {kind!r}; known: {sorted(ADAPTERS)} (an adapter "
+    file = path / "config.json"
+    if "adapter" not in meta:
+        raise ValueError(f"{file} names no adapter (no 'adapter' key, keys {sorted(meta)[:8]}): not a trqam-sdk "
+                         "policy config")
+    kind = meta["adapter"]
+    if not isinstance(kind, str) or kind not in ADAPTERS:
+        raise ValueError(f"{file} names adapter {kind!r}; known: {sorted(ADAPTERS)} (an adapter "
                          "from outside the SDK is known once its module is imported: `trqam --plugin MODULE`)")
-    policy = ADAPTERS[kind].from_config(meta["config"])
-    state = load_file(str(path / "model.safetensors"))
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: 'config' must be a JSON object of {kind!r} adapter options, got "
+                         f"{type(config).__name__}")
+    try:
+        policy = ADAPTERS[kind].from_config(config)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{file}: its 'config' does not build a {kind!r} adapter: {e}") from e
+    state = read_safetensors(path / "model.safetensors", "policy weights file")
     check_state_dict(policy, state, f"checkpoint {path} does not match {kind}")
     policy.load_state_dict(state)
     return policy

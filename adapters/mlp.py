@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,15 @@ class MLPPolicyConfig:
     """hidden width (512; 1024 with LayerNorm for the 10M/100M datasets)"""
     depth: int = 4
     layer_norm: bool = False
+
+    def __post_init__(self) -> None:
+        """Reject sizes that would only fail later as a torch shape error (a hand-edited config.json)."""
+        for name, lo in (("obs_dim", 0), ("horizon", 1), ("action_dim", 1), ("width", 1), ("depth", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+                raise ValueError(f"MLPPolicyConfig.{name}: expected an integer >= {lo}, got {v!r}")
+        if not isinstance(self.layer_norm, bool):
+            raise ValueError(f"MLPPolicyConfig.layer_norm: expected true or false, got {self.layer_norm!r}")
 
 
 class MLPFlowPolicy(FlowPolicy):

@@ -156,7 +156,8 @@ def test_training_summary_and_card_from_a_real_run(hub_calls: dict[str, Any], tm
     n = 12
     obs = m.obs(n, g=g)
     data = Transitions(observations=obs, actions=torch.rand(n, 3, generator=g) * 2 - 1, rewards=torch.randn(n),
-                       masks=torch.ones(n), terminals=(torch.arange(n) % 6 == 5).float(), next_observations=obs)
+                       masks=torch.ones(n), terminals=(torch.arange(n) == n - 1).float(),
+                       next_observations=obs)  # one episode: every chunk of 8 fits
     cfg = FinetuneConfig(batch_size=4, steps=3, flow_steps=3, log_every=1, trackers=[], reference="frozen",
                          output_dir=str(tmp_path / "run"), critic=CriticConfig(num_critics=2, width=32, depth=2))
     policy = m.fresh()

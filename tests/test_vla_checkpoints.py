@@ -33,7 +33,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     return model, data
 
 
-def _finetuner(model, data, out: Path, lora: int) -> Finetuner:  # noqa: ANN001
+def _finetuner(model, data, out: Path, lora: int, on_existing: str = "new") -> Finetuner:  # noqa: ANN001
     from trqam_sdk.adapters.lerobot import LEROBOT_ADAPTERS
 
     with tiny_pi_architecture():
@@ -42,7 +42,7 @@ def _finetuner(model, data, out: Path, lora: int) -> Finetuner:  # noqa: ANN001
                          output_dir=str(out), critic=CriticConfig(num_critics=2, width=32, depth=1),
                          trust_region=TrustRegionConfig(kl_budget=0.05, lam_lr=0.5))
     torch.manual_seed(0)
-    return Finetuner(cfg, policy, data, critic=vla_critic(policy, 2, 32, 1))
+    return Finetuner(cfg, policy, data, critic=vla_critic(policy, 2, 32, 1), on_existing=on_existing)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("lora", [0, 2])
@@ -53,8 +53,8 @@ def test_vla_checkpoint_writes_the_vlm_once_and_resumes_exactly(setup, tmp_path:
     part = _finetuner(model, data, tmp_path / "part", lora)
     part.train(steps=2, progress=False)
     part.save_checkpoint()
-    resumed = _finetuner(model, data, tmp_path / "part", lora)
-    assert resumed.resume() and resumed.step == 2
+    resumed = _finetuner(model, data, tmp_path / "part", lora, on_existing="resume")
+    assert resumed.resumed_from is not None and resumed.step == 2
     resumed.train(progress=False)
     a, b = full.agent.state_dict(), resumed.agent.state_dict()
     for k in a:

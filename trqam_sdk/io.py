@@ -111,7 +111,7 @@ def safetensors_intact(path: str | Path) -> bool:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write via a temporary file and rename, so a reader (resume, a resuming sweep) never sees half a file."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")  # dot-named: run folders clean these up
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()

@@ -8,10 +8,9 @@ lerobot itself is imported only when a checkpoint is loaded or a prefix computed
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from trqam_sdk.adapters.lerobot.base import LeRobotFlowPolicy, resolve_checkpoint
+from trqam_sdk.adapters.lerobot.base import LeRobotFlowPolicy, lerobot_type, resolve_checkpoint
 from trqam_sdk.adapters.lerobot.prefix import (
     KVPrefixPolicy,
     LeRobotPI0Policy,
@@ -28,7 +27,7 @@ def from_pretrained(path_or_repo: str | Path, revision: str | None = None, lora_
     folder = resolve_checkpoint(path_or_repo, revision)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json: not a LeRobot checkpoint folder")
-    kind = json.loads((folder / "config.json").read_text()).get("type")
+    kind = lerobot_type(folder)
     if kind not in LEROBOT_ADAPTERS:
         raise ValueError(f"{folder}/config.json has lerobot type {kind!r}; supported: {sorted(LEROBOT_ADAPTERS)}")
     return LEROBOT_ADAPTERS[kind].from_pretrained(folder, lora_rank=lora_rank)

@@ -23,15 +23,15 @@ How the condition is computed and how the model is asked for its native velocity
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from trqam_sdk.adapters.base import ActionSpec, FlowPolicy, check_state_dict
+from trqam_sdk.adapters.base import ActionSpec, FlowPolicy, check_state_dict, read_config_json, resolve_folder
 
+from trqam_sdk.io import read_json, read_safetensors
 from trqam_sdk.networks.encoders import unit_image
 
 TOKENS, TOKEN_MASK, STATE = "observation.language.tokens", "observation.language.attention_mask", "observation.state"
@@ -49,15 +49,18 @@ class _Shared:
 
 
 def resolve_checkpoint(path_or_repo: str | Path, revision: str | None) -> Path:
-    """A local checkpoint folder, or the Hub snapshot of a repo id (paths that look local are never fetched)."""
-    path = Path(path_or_repo)
-    if path.is_dir():
-        return path
-    if path.exists() or str(path_or_repo).startswith((".", "/")):
-        raise FileNotFoundError(f"LeRobot checkpoint folder not found: {path_or_repo}")
-    from huggingface_hub import snapshot_download
+    """A local checkpoint folder, or the Hub snapshot of a repo id (local paths are checked first and never
+    fetched; a failed Hub lookup says both)."""
+    return resolve_folder(path_or_repo, revision, "LeRobot checkpoint folder")
 
-    return Path(snapshot_download(str(path_or_repo), revision=revision))
+
+def lerobot_type(folder: Path) -> str:
+    """The ``type`` in a checkpoint's ``config.json`` (errors name the file: missing, corrupt, not a mapping)."""
+    meta = read_config_json(folder, "LeRobot checkpoint")
+    kind = meta.get("type")
+    if not isinstance(kind, str):
+        raise ValueError(f"{folder / 'config.json'} has no lerobot 'type' (got {kind!r}): not a LeRobot checkpoint")
+    return kind
 
 
 class LeRobotFlowPolicy(FlowPolicy):
@@ -207,41 +210,53 @@ class LeRobotFlowPolicy(FlowPolicy):
 
     def load_saved_weights(self, directory: str | Path) -> None:
         """Restore the weights written by :meth:`save_pretrained` (lerobot's keys, no LoRA) in place."""
-        from safetensors.torch import load_file
-
         file = Path(directory) / "model.safetensors"
         if not file.is_file():
             raise FileNotFoundError(f"{file} is missing: not a saved {self.lerobot_type} policy")
-        state = load_file(str(file))
+        state = read_safetensors(file, f"{self.lerobot_type} weights file")
         check_state_dict(self.policy, state, f"{file} does not match this {self.lerobot_type} policy")
         self.policy.load_state_dict(state)
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, revision: str | None = None,
                         lora_rank: int = 0) -> LeRobotFlowPolicy:
-        """Load a lerobot checkpoint (local folder or Hub repo) and its processors into the adapter."""
+        """Load a lerobot checkpoint (local folder or Hub repo) and its processors into the adapter. Every
+        missing or corrupt file is an error naming it (lerobot's own parse errors are re-raised with the path)."""
         from lerobot.configs.policies import PreTrainedConfig
         from lerobot.policies.factory import get_policy_class, make_pre_post_processors
-        from safetensors.torch import load_file
 
         folder = resolve_checkpoint(path_or_repo, revision)
         for name in ("config.json", "model.safetensors"):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} has no {name}: not a LeRobot checkpoint folder")
-        kind = json.loads((folder / "config.json").read_text()).get("type")
+        kind = lerobot_type(folder)
         if kind != cls.lerobot_type:
             raise ValueError(f"{folder}/config.json is a lerobot {kind!r} checkpoint, {cls.__name__} loads "
                              f"{cls.lerobot_type!r}")
-        config = PreTrainedConfig.from_pretrained(str(folder))
+        processors = [f for f in PROCESSOR_FILES if (folder / f).is_file()]
+        if len(processors) == 1:  # a half-copied folder: loading without processors would act un-normalised
+            missing = next(f for f in PROCESSOR_FILES if f not in processors)
+            raise FileNotFoundError(f"{folder} has {processors[0]} but no {missing}: the processors come as a pair")
+        state = read_safetensors(folder / "model.safetensors", f"{kind} weights file")
+        try:
+            config = PreTrainedConfig.from_pretrained(str(folder))
+        except Exception as e:  # draccus / json errors name neither the file nor the field clearly
+            raise ValueError(f"{folder / 'config.json'}: lerobot cannot read it as a {kind} config: "
+                             f"{type(e).__name__}: {' '.join(str(e).split())}") from e
         config.device = "cpu"
+        pre = post = None
+        if processors:  # before the (slow) model build, so a broken processor file fails fast
+            for f in processors:
+                read_json(folder / f, "LeRobot processor config")  # names the file when it is cut short
+            try:
+                pre, post = make_pre_post_processors(
+                    config, pretrained_path=str(folder), preprocessor_overrides={"device_processor": {"device": "cpu"}})
+            except Exception as e:  # json, safetensors or draccus errors from inside lerobot
+                raise ValueError(f"{folder}: the processors ({', '.join(PROCESSOR_FILES)} and the statistics they "
+                                 f"name) do not load: {type(e).__name__}: {' '.join(str(e).split())}") from e
         policy = get_policy_class(kind)(config)
-        state = load_file(str(folder / "model.safetensors"))
         check_state_dict(policy, state, f"checkpoint {folder} does not match its {kind} config")
         policy.load_state_dict(state)
-        pre = post = None
-        if all((folder / f).is_file() for f in PROCESSOR_FILES):
-            pre, post = make_pre_post_processors(config, pretrained_path=str(folder),
-                                                 preprocessor_overrides={"device_processor": {"device": "cpu"}})
         return cls(policy.eval(), pre, post, lora_rank=lora_rank)
 
     @property

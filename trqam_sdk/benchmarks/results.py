@@ -10,9 +10,10 @@ ci95``; ``phases: {prior|offline|online: evaluation}`` (each with its episode co
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from trqam_sdk.io import read_json
 
 METRIC_ALIASES: dict[str, tuple[str, ...]] = {
     "kl_ema": ("dual/kl_ema", "kl_ema"),
@@ -40,10 +41,9 @@ def load_results(root: str | Path, benchmark: str | None = None) -> list[dict[st
         raise FileNotFoundError(f"no result.json under {root}: run `trqam run` or `trqam sweep` first")
     out = []
     for f in files:
-        try:
-            r = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{f} is not valid JSON: {e}") from e
+        r = read_json(f, "run result")
+        if not isinstance(r, dict):
+            raise ValueError(f"{f} is not a run result: expected a JSON object, got a {type(r).__name__}")
         missing = [k for k in ("domain", "method", "seed", "success") if k not in r]
         if missing:
             raise KeyError(f"{f} is not a run result: it lacks {missing}")

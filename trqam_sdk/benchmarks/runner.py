@@ -108,6 +108,8 @@ def run_one(bench: Benchmark, recipe: RecipeBase, task: str | int, method: str, 
     """One (recipe, task, method, seed) run; returns (and writes) its result. A finished run (``result.json``
     present) is not redone. ``method`` ``bc`` evaluates the prior; any other registered method fine-tunes it."""
     task = bench.check_task(recipe, str(task))
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     rdir = run_dir(out, bench, recipe, task, method, seed)
     done = rdir / "result.json"
     if done.is_file():

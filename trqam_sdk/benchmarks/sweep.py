@@ -76,6 +76,9 @@ def plan(bench: Benchmark, recipes: list[str], profile: str, overrides: dict[str
     bad ``per_method`` option fails before any data is loaded or any prior trained."""
     names = bench.recipe_names() if recipes == [ALL] else recipes
     methods = expand_methods(methods)
+    bad = [s for s in seeds or () if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise ValueError(f"seeds must be integers >= 0, got {bad}")
     groups = []
     for name in names:
         r = bench.load_recipe(name, profile, overrides)

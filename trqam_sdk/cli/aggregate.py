@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from trqam_sdk.cli.run import add_benchmark_option
+from trqam_sdk.cli.args import check_out_dir
+from trqam_sdk.cli.run import add_benchmark_option, benchmark_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from trqam_sdk.benchmarks.aggregate import aggregate
 
-    print(aggregate(args.runs or f"runs/{args.benchmark}", args.benchmark, args.phase, args.plots,
-                    not args.no_plots))
+    benchmark_of(args)  # an unknown --benchmark is named before any file is read
+    runs = args.runs or f"runs/{args.benchmark}"
+    if Path(runs).exists() and not Path(runs).is_dir():
+        raise NotADirectoryError(f"--runs {runs}: is a file, expected the results folder of `trqam run` / `trqam "
+                                 "sweep`")
+    if not args.no_plots:
+        check_out_dir(args.plots or Path(runs) / "plots", "--plots")
+    print(aggregate(runs, args.benchmark, args.phase, args.plots, not args.no_plots))
     return 0

@@ -7,21 +7,21 @@ import argparse
 import json
 from typing import Any
 
-from trqam_sdk.cli.args import add_methods_argument
+from trqam_sdk.cli.args import add_methods_argument, int_at_least
 from trqam_sdk.profiling.bench import ANALYTIC, CONFIGS, run_bench
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--steps", type=int, default=3,
+    parser.add_argument("--steps", type=int_at_least(1), default=3,
                         help="timed updates per (config, method) (median reported; one paper-config update takes "
                              "1-7 s per method on 2 shared CPU cores, CGQL-Linex the most)")
-    parser.add_argument("--warmup", type=int, default=None,
+    parser.add_argument("--warmup", type=int_at_least(0), default=None,
                         help="untimed updates first (default 1; 2 with --compile, which compiles on the first "
                              "and recompiles on the second)")
     parser.add_argument("--configs", default="paper,small", help=f"comma list of {sorted(CONFIGS)}")
     add_methods_argument(parser, ["all"], "all (every registered fine-tuning method)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int_at_least(0), default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-count", action="store_true",
                         help=f"skip the counted check of the analytic FLOPs ({', '.join(ANALYTIC)}); the "
                              "other methods' FLOPs are always counted")

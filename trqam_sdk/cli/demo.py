@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from trqam_sdk.benchmarks.ogbench.demo import DemoOptions
-from trqam_sdk.cli.args import add_config_arguments, config_from_args
+from trqam_sdk.cli.args import add_config_arguments, check_out_dir, config_from_args
 
 SHORT_FLAGS = {f"--{name.replace('_', '-')}": name for name in (
     "task", "dataset_episodes", "data_dir", "data_seed", "episode_length", "bc_steps", "steps", "width",
@@ -32,5 +32,8 @@ def options(args: argparse.Namespace) -> DemoOptions:
 def run(args: argparse.Namespace) -> int:
     from trqam_sdk.benchmarks.ogbench.demo import run_demo
 
-    run_demo(options(args))
+    o = options(args)
+    check_out_dir(o.output_dir, "output_dir")  # a file there would fail only after data generation
+    check_out_dir(o.data_dir, "data_dir")
+    run_demo(o)
     return 0

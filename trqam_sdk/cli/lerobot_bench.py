@@ -7,17 +7,19 @@ import json
 
 import torch
 
+from trqam_sdk.cli.args import int_at_least
 from trqam_sdk.profiling.lerobot_bench import bench_kind
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kinds", nargs="+", default=["pi0", "pi05", "smolvla"], choices=["pi0", "pi05", "smolvla"])
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--flow-steps", type=int, default=10)
-    p.add_argument("--chunk-size", type=int, default=50, help="the models' chunk length (lerobot's default 50)")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int_at_least(1), default=4)
+    p.add_argument("--flow-steps", type=int_at_least(1), default=10)
+    p.add_argument("--chunk-size", type=int_at_least(1), default=50,
+                   help="the models' chunk length (lerobot's default 50)")
+    p.add_argument("--image-size", type=int_at_least(1), default=64)
+    p.add_argument("--repeats", type=int_at_least(1), default=5)
+    p.add_argument("--threads", type=int_at_least(1), default=1)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run)
 

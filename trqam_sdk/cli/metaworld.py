@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from trqam_sdk.cli.args import add_methods_argument, add_recipe_arguments, recipe_overrides
+from trqam_sdk.cli.args import add_methods_argument, add_recipe_arguments, check_out_dir, int_at_least, recipe_overrides
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--recipe", default="metaworld", help="a recipe name in recipes/metaworld or a YAML path")
     a("--profile", default="cpu", help="recipe profile: cpu (2 CPU cores), gpu, test (seconds)")
     a("--task", default=None, help="MetaWorld v3 task (e.g. push-v3, drawer-open-v3); default: the recipe's")
-    a("--seed", type=int, action="append", default=None,
+    a("--seed", type=int_at_least(0), action="append", default=None,
       help="fine-tuning / evaluation seed (repeatable; default: the recipe's seeds)")
     add_methods_argument(p, None, "the recipe's methods (bc = evaluate the prior)")
     a("--reward", default=None, help="reward source (env, sparse, classifier or a registered one); default: the "
@@ -33,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from trqam_sdk.benchmarks.metaworld.pipeline import run_metaworld
     from trqam_sdk.benchmarks.metaworld.recipe import metaworld_recipe
     from trqam_sdk.benchmarks.sweep import describe, expand_methods
+    from trqam_sdk.rewards import reward_names
     from trqam_sdk.strict_yaml import deep_merge
 
+    check_out_dir(args.out, "--out")
     extra: dict = {}
     if args.task is not None:
         extra["task"] = args.task
@@ -46,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     for m in methods:  # every name and option checked before any work (finetune_config parses the options)
         if m != "bc":
             recipe.finetune_config(m, seeds[0], "")
+    if recipe.reward.source not in reward_names():  # else found only after the data and prior stages
+        raise ValueError(f"unknown reward source {recipe.reward.source!r}; known: {reward_names()} (register your "
+                         "own with trqam_sdk.rewards.register_reward)")
     for seed in seeds:
         for method in methods:
             res = run_metaworld(recipe, method, seed, args.out, args.profile, not args.no_progress)

@@ -7,7 +7,14 @@ import argparse
 import json
 from pathlib import Path
 
-from trqam_sdk.cli.args import add_recipe_arguments, recipe_overrides
+from trqam_sdk.cli.args import (
+    add_recipe_arguments,
+    check_in_file,
+    check_out_dir,
+    check_out_file,
+    int_at_least,
+    recipe_overrides,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,11 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = sub.add_parser("generate", help="write a scripted robomimic-format hdf5")
     g.add_argument("--task", default="lift", choices=sorted(TASK_ENVS))
     g.add_argument("--output", required=True, help="hdf5 file to write")
-    g.add_argument("--demos", type=int, nargs=3, default=[30, 30, 30], metavar=("BETTER", "OKAY", "WORSE"))
-    g.add_argument("--max-steps", type=int, default=200)
+    g.add_argument("--demos", type=int_at_least(0), nargs=3, default=[30, 30, 30], metavar=("BETTER", "OKAY", "WORSE"))
+    g.add_argument("--max-steps", type=int_at_least(1), default=200)
     g.add_argument("--successful-only", action="store_true", help="drop failed demos (robomimic MH keeps only "
                    "successes)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int_at_least(0), default=0)
     g.add_argument("--no-progress", action="store_true")
     for name, help_ in (("run", "a recipe's seeds × methods (the BC prior included): BC → methods → success"),
                         ("stress", "QAM vs TRQAM from one prior with periodic evals and a loss/success plot")):
@@ -44,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "generate":
         from trqam_sdk.benchmarks.robomimic.generate import GenerateConfig, generate
 
+        if not sum(args.demos):
+            raise ValueError("--demos: all three counts are 0, so the file would hold no demo")
+        check_out_file(args.output, "--output")
         cfg = GenerateConfig(task=args.task, demos_per_level=dict(zip(("better", "okay", "worse"), args.demos,
                                                                       strict=True)),
                              max_steps=args.max_steps, keep_failures=not args.successful_only, seed=args.seed)
@@ -59,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from trqam_sdk.strict_yaml import deep_merge
 
     bench = get_benchmark("robomimic")
+    check_in_file(args.data, "--data", "robomimic hdf5 file")
     overrides = recipe_overrides(args)
     if args.data:
         overrides = deep_merge(overrides, {"data": {"path": args.data}})
@@ -66,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         overrides = deep_merge(stress_overrides(), overrides)
     recipe = bench.load_recipe(args.recipe, args.profile, overrides)
     out = Path(args.output_dir or f"runs/robomimic/{recipe.task}{'-stress' if args.action == 'stress' else ''}")
+    check_out_dir(out, "--output-dir")
     methods = tuple(dict.fromkeys([PRIOR, *recipe.methods]))  # the prior first: every method is compared to it
     groups = [Group(str(args.recipe), recipe.task, seed, methods) for seed in recipe.seeds]
     if sweep(bench, groups, out, args.profile, overrides):

@@ -52,7 +52,7 @@ def bench_kind(kind: str, batch: int, flow_steps: int, chunk: int, image: int, r
         return {k: v for k, v in pre(raw).items() if k.startswith("observation.") and isinstance(v, torch.Tensor)}
 
     h, a = adapter.spec.horizon, adapter.spec.action_dim
-    rows = max(2 * batch, 8)
+    rows = max(2 * batch, 8, h + 1)  # one episode in which every chunk fits
     o, o_next = obs(rows), obs(rows)
     terminals = torch.zeros(rows)
     terminals[-1] = 1.0

@@ -120,8 +120,9 @@ class OnlinePhase:
     """The online loop of any benchmark, resumable: ``ft`` trains on ``buffer`` (offline rows + what ``actor``
     collects in ``env_factory()``), ``utd`` updates per env step; checkpoints save the buffer to ``replay_dir``.
 
-    Build it after ``ft.resume()``: when that checkpoint was taken in this phase, the phase continues from it
-    (``resume=True``): buffer rows up to the recorded count, counters, the sampler's generator. Only the main
+    Build it on a Finetuner made with ``on_existing="resume"`` (or "auto"): when its checkpoint was taken in this
+    phase, the phase continues from it (``resume=True``): buffer rows up to the recorded count, counters, the
+    sampler's generator. Only the main
     process writes the buffer; every process collects the same rows (same policy, same seeds).
     """
 
@@ -150,7 +151,7 @@ class OnlinePhase:
                             "utd": self.utd, "seed": self.collector.seed, **self.collector.state()}}
 
     def resume(self) -> bool:
-        """Continue from the checkpoint ``ft.resume()`` restored, if it was taken in an online phase."""
+        """Continue from the checkpoint the Finetuner resumed from, if it was taken in an online phase."""
         state = (self.ft.resumed_state or {}).get(STATE_KEY)
         if state is None:
             return False

@@ -115,17 +115,20 @@ class Finetuner:
         self.resumed_from: Path | None = resume_from
         """the checkpoint folder the run continues from"""
         self._lock: rundir.RunLock | None = None
+        log, rows = self.run_dir / "metrics.jsonl", None
         if resume_from is not None:
             self._restore(resume_from)  # loads everything before the folder is touched (a mismatch refuses here)
+            if acc.is_main_process and log.is_file():  # a corrupt log refuses here too, before any write
+                rows = [r for r in read_jsonl(log) if r.get("step", 0) <= self.step]
         acc.wait_for_everyone()
         if acc.is_main_process:
             self._lock = rundir.RunLock(self.run_dir)
             self.resumed_from = rundir.prepare(self.run_dir, on_existing, resume_from)
+            if self.resumed_from is not None:
+                print(f"resuming {self.run_dir} from {self.resumed_from.name} (step {self.step})", flush=True)
             atomic_write_text(self.run_dir / "config.json", json.dumps(to_dict(cfg), indent=2))
-            if resume_from is not None:  # drop log rows past the checkpoint so the log stays one contiguous run
-                log = self.run_dir / "metrics.jsonl"
-                if log.is_file():
-                    write_jsonl(log, [r for r in read_jsonl(log) if r.get("step", 0) <= self.step])
+            if rows is not None:  # drop log rows past the checkpoint so the log stays one contiguous run
+                write_jsonl(log, rows)
         acc.wait_for_everyone()
         if cfg.trackers:
             acc.init_trackers("trqam", config=_flat_config(cfg))
@@ -264,7 +267,7 @@ class Finetuner:
             path = save_checkpoint(self.run_dir, self.step, self.agent, self._optimizer(), state)
             if best:
                 rundir.mark_best(self.run_dir, self.step, **best_info)
-            rundir.prune(self.run_dir, self.cfg.keep_checkpoints)
+            rundir.prune(self.run_dir, self.cfg.keep_checkpoints, protect=path)
         acc.wait_for_everyone()
         return path
 
@@ -273,8 +276,6 @@ class Finetuner:
         state = load_checkpoint(path, self.agent, self._optimizer())
         self.resumed_state = state
         self.step, self.nonfinite_skips = int(state["step"]), int(state.get("nonfinite_skips", 0))
-        if self.accelerator.is_main_process:
-            print(f"resuming {self.run_dir} from {path.name} (step {self.step})")
 
     def save_policy(self, path: str | Path) -> Path:
         return self.policy.save_pretrained(path)

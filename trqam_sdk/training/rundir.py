@@ -199,12 +199,14 @@ def clean_temporaries(run_dir: str | Path) -> list[str]:
     return done
 
 
-def prune(run_dir: str | Path, keep: int) -> list[Path]:
-    """Keep the ``keep`` newest checkpoints and the one ``best.json`` names (0: keep all); returns the removed."""
+def prune(run_dir: str | Path, keep: int, protect: Path | None = None) -> list[Path]:
+    """Keep the ``keep`` newest *intact* checkpoints, the one ``best.json`` names and ``protect`` (the one just
+    saved); 0 keeps all. Broken folders are never counted as kept nor deleted. Returns the removed folders."""
     if keep <= 0:
         return []
     root = Path(run_dir) / "checkpoints"
     steps = sorted((int(m[1]), p) for p in root.iterdir() if (m := _STEP.match(p.name))) if root.is_dir() else []
+    intact = [p for s, p in steps if checkpoint_problem(p, s) is None]
     best = None
     if (root / "best.json").is_file():
         try:
@@ -212,8 +214,8 @@ def prune(run_dir: str | Path, keep: int) -> list[Path]:
         except (ValueError, AttributeError):
             warnings.warn(f"{root / 'best.json'} is unreadable: no checkpoint is protected as best", stacklevel=2)
     removed = []
-    for _, p in steps[:-keep]:
-        if p.name != best:
+    for p in intact[:-keep]:
+        if p.name != best and (protect is None or p.name != Path(protect).name):
             _remove(p)
             removed.append(p)
     return removed

@@ -137,25 +137,30 @@ def generate(cfg: GenerateConfig, path: str | Path, progress: bool = True) -> di
     stats: dict[str, Any] = {}
     groups: dict[str, list[str]] = {}
     total, i = 0, 0
-    with h5py.File(tmp, "w") as f:
-        data = f.create_group("data")
-        for level, n in cfg.demos_per_level.items():
-            wins, kept = 0, []
-            for _ in tqdm(range(n), desc=f"{cfg.task} {level}", disable=not progress):
-                ep = scripted_episode(env, cfg.task, cfg.noise[level], rng, cfg.max_steps)
-                wins += ep["success"]
-                if not (ep["success"] or cfg.keep_failures):
-                    continue
-                name = f"demo_{i}"
-                _write_demo(data.create_group(name), ep)
-                total, i = total + len(ep["rows"]["actions"]), i + 1
-                kept.append(name)
-            groups[level] = kept
-            stats[level] = {"demos": n, "successes": int(wins), "noise": cfg.noise[level], "kept": len(kept)}
-        data.attrs["total"] = total
-        data.attrs["env_args"] = json.dumps(env_args)
-        data.attrs["scripted"] = json.dumps({"generator": "trqam_sdk.benchmarks.robomimic.generate", "levels": stats})
-        _write_masks(f, groups, cfg.valid_fraction, rng)
+    try:  # a failed run leaves no half file behind (a kill leaves one, overwritten by the next run)
+        with h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            for level, n in cfg.demos_per_level.items():
+                wins, kept = 0, []
+                for _ in tqdm(range(n), desc=f"{cfg.task} {level}", disable=not progress):
+                    ep = scripted_episode(env, cfg.task, cfg.noise[level], rng, cfg.max_steps)
+                    wins += ep["success"]
+                    if not (ep["success"] or cfg.keep_failures):
+                        continue
+                    name = f"demo_{i}"
+                    _write_demo(data.create_group(name), ep)
+                    total, i = total + len(ep["rows"]["actions"]), i + 1
+                    kept.append(name)
+                groups[level] = kept
+                stats[level] = {"demos": n, "successes": int(wins), "noise": cfg.noise[level], "kept": len(kept)}
+            data.attrs["total"] = total
+            data.attrs["env_args"] = json.dumps(env_args)
+            data.attrs["scripted"] = json.dumps({"generator": "trqam_sdk.benchmarks.robomimic.generate",
+                                                 "levels": stats})
+            _write_masks(f, groups, cfg.valid_fraction, rng)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
     env.close()
     return stats

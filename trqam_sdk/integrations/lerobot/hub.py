@@ -86,6 +86,8 @@ def save_pretrained(policy: LeRobotFlowPolicy, directory: str | Path, summary: d
     """Write the lerobot checkpoint, the processors, ``trqam_state.json`` and the model card to ``directory``."""
     if not isinstance(policy, LeRobotFlowPolicy):
         raise TypeError(f"save_pretrained expects a LeRobot adapter, got {type(policy).__name__}")
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise NotADirectoryError(f"{directory} is a file: save_pretrained writes a checkpoint folder there")
     directory = policy.save_pretrained(directory)
     summary = summary or {}
     (directory / STATE_FILE).write_text(json.dumps(summary, indent=2, default=str))
@@ -98,7 +100,13 @@ def push_to_hub(policy: LeRobotFlowPolicy, repo_id: str, summary: dict[str, Any]
                 commit_message: str = "Upload TRQAM fine-tuned policy") -> Any:
     """Save to a temporary folder and upload every file of it as one ``HfApi.create_commit``."""
     from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
+    try:  # before the (slow) save, and with the id in the message
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f"push_to_hub: {repo_id!r} is not a Hub repo id ('name' or 'namespace/name'): {e}") from e
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_pretrained(policy, tmp, summary, repo_id)
