@@ -124,9 +124,9 @@ class FinetuneConfig(ConfigBase):
     """B, global batch (split across processes)"""
     lr: float = ranged(3e-4, gt=0)
     """Adam learning rate of the actor, base and critics"""
-    grad_clip: float | None = ranged(1.0, gt=0)
-    """global gradient-norm clip; None: no clip (QAM Table 3 for the baselines outside the QAM family), the norm is
-    still logged as ``train/grad_norm``"""
+    grad_clip: float | None = ranged(1.0, gt=0, allow_inf=True)
+    """global gradient-norm clip; None (or inf, the same): no clip (QAM Table 3 for the baselines outside the QAM
+    family), the norm is still logged as ``train/grad_norm``"""
     conventions: Conventions = field(default_factory=Conventions)
     """where this SDK and the authors' code differ (BC loss scale, init, BC clip, chunk sampling, action clip);
     the defaults are this SDK's, ``Conventions.reference()`` the authors' (SPEC §5.1, docs/conventions.md)"""

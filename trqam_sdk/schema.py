@@ -49,18 +49,37 @@ def _fail(exc: type[ConfigError], where: str, path: str, message: str) -> Config
 # ----------------------------------------------------------------------------------------------- ranges
 @dataclass(frozen=True)
 class Range:
-    """Bounds of a numeric field; NaN fails every bound."""
+    """Bounds of a numeric field. NaN fails every bound and is never accepted; ±inf only where ``allow_inf``
+    (a value meaning "no limit", e.g. ``grad_clip: .inf``), since elsewhere it passes a lone lower bound and
+    then poisons the run."""
 
     gt: float | None = None
     ge: float | None = None
     lt: float | None = None
     le: float | None = None
+    allow_inf: bool = False
 
-    def ok(self, v: float) -> bool:
+    def bounds_ok(self, v: float) -> bool:
         return ((self.gt is None or v > self.gt) and (self.ge is None or v >= self.ge)
                 and (self.lt is None or v < self.lt) and (self.le is None or v <= self.le))
 
+    def problem(self, v: float) -> str | None:
+        """Why ``v`` is refused (bounds first, then finiteness), or None when it is accepted."""
+        if not self.bounds_ok(v):
+            return f"must be {self}, got {v!r}"
+        if isinstance(v, numbers.Integral):
+            return None
+        x = float(v)
+        if math.isnan(x) or (math.isinf(x) and not self.allow_inf):
+            has_bounds = any(b is not None for b in (self.gt, self.ge, self.lt, self.le))
+            return f"must be finite and {self}, got {v!r}" if has_bounds else f"must be {self}, got {v!r}"
+        return None
+
+    def ok(self, v: float) -> bool:
+        return self.problem(v) is None
+
     def __str__(self) -> str:
+        """The bounds as errors and ``--help`` show them: ``> 0``, ``in (0, 1]``; no bounds: ``finite``."""
         def n(x: float) -> str:
             return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
@@ -70,13 +89,20 @@ class Range:
             return f"in {lo}, {hi}"
         if lo:
             return f"> {n(self.gt)}" if self.gt is not None else f">= {n(self.ge)}"  # type: ignore[arg-type]
-        return f"< {n(self.lt)}" if self.lt is not None else f"<= {n(self.le)}" if self.le is not None else "any"
+        if hi:
+            return f"< {n(self.lt)}" if self.lt is not None else f"<= {n(self.le)}"  # type: ignore[arg-type]
+        return "not NaN" if self.allow_inf else "finite"
+
+    def help(self) -> str:
+        """:meth:`__str__`, plus where inf is accepted (for ``--help``)."""
+        return f"{self}, or inf" if self.allow_inf and str(self) != "not NaN" else str(self)
 
 
 def ranged(default: Any = dataclasses.MISSING, *, gt: float | None = None, ge: float | None = None,
-           lt: float | None = None, le: float | None = None) -> Any:
-    """A dataclass field with its allowed range next to it: ``lr: float = ranged(3e-4, gt=0)``."""
-    return field(default=default, metadata={"range": Range(gt, ge, lt, le)})
+           lt: float | None = None, le: float | None = None, allow_inf: bool = False) -> Any:
+    """A dataclass field with its allowed range next to it: ``lr: float = ranged(3e-4, gt=0)``. Values must be
+    finite unless ``allow_inf`` (for a field where inf means "no limit"); no bounds: any finite number."""
+    return field(default=default, metadata={"range": Range(gt, ge, lt, le, allow_inf)})
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -138,9 +164,9 @@ def problems(cfg: Any, path: str = "") -> Iterator[tuple[str, str]]:
             for p in problems(v, key + "."):
                 found = True
                 yield p
-        elif (rng := f.metadata.get("range")) is not None and v is not None and not rng.ok(v):
+        elif (rng := f.metadata.get("range")) is not None and v is not None and (bad := rng.problem(v)):
             found = True
-            yield key, f"must be {rng}, got {v!r}"
+            yield key, bad
     checks = getattr(cfg, "cross_checks", None)
     if checks is not None and not found:  # cross-field rules assume well-typed, in-range fields
         for name, problem in checks():
@@ -336,5 +362,5 @@ def describe_fields(cls: type, prefix: str = "") -> list[FieldInfo]:
         rng = f.metadata.get("range")
         out.append(FieldInfo(f"{prefix}{f.name}", type_name(tp),
                              "required" if default is dataclasses.MISSING else _show(default),
-                             str(rng) if rng else "", docs.get(f.name, "")))
+                             rng.help() if rng else "", docs.get(f.name, "")))
     return out

@@ -10,6 +10,7 @@ errors). ``--set a.b=v`` overrides apply last. The per-run :class:`FinetuneConfi
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from trqam_sdk.config import FinetuneConfig, from_dict, to_dict
 from trqam_sdk.methods.registry import FINETUNING, get_method, method_names
+from trqam_sdk.schema import ConfigBase, ranged
 from trqam_sdk.strict_yaml import deep_merge, load_yaml_mapping
 
 
@@ -24,6 +26,9 @@ def recipe_dir(benchmark: str) -> Path:
     """The shipped recipes of ``benchmark``: package data of ``trqam_sdk.recipes`` (works from a wheel too)."""
     return Path(str(resources.files("trqam_sdk.recipes") / benchmark))
 
+
+SEED_MAX = 2**32 - 1
+"""the largest seed (numpy's legacy seeding and FinetuneConfig.seed take 32 bits)"""
 
 PRIOR = "bc"
 """the method name that evaluates the BC prior as is (every other registered method fine-tunes it)"""
@@ -37,42 +42,48 @@ def finetuning_methods() -> list[str]:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ConfigBase):
     """How a benchmark's policies are evaluated (every benchmark's recipe has one)."""
 
-    episodes: int = 50
+    episodes: int = ranged(50, ge=1)
     """episodes per evaluation (the success rate is reported with this count and a 95 % Wilson interval)"""
-    every: int = 0
+    every: int = ranged(0, ge=0)
     """evaluate every N training steps for the success curve (0: only the prior and the final policy)"""
-    max_steps: int | None = None
+    max_steps: int | None = ranged(None, ge=1)
     """episode time limit override (None: the env's, e.g. 500 for cube-double)"""
-    workers: int = 0
+    workers: int = ranged(0, ge=0)
     """evaluation processes (0: all cores; 1: in-process)"""
     video: bool = False
     """record one final episode to video.mp4 (MUJOCO_GL=egl; slow on CPU)"""
 
 
 @dataclass(kw_only=True)
-class RecipeBase:
-    """What every recipe shares: the method knobs, the phases, evaluation and the FinetuneConfig it derives."""
+class RecipeBase(ConfigBase):
+    """What every recipe shares: the method knobs, the phases, evaluation and the FinetuneConfig it derives.
 
-    horizon: int = 5
+    Validated when built (in code or from YAML; call ``validate()`` again after mutating one): every number
+    against its declared range, ``seeds`` each in [0, 2^32 - 1]."""
+
+    horizon: int = ranged(5, ge=1)
     """H: 5 for manipulation, 1 for mazes"""
     seeds: list[int] = field(default_factory=lambda: list(range(8)))
+    """training seeds, each in [0, 2^32 - 1] (one run per method and seed)"""
     methods: list[str] = field(default_factory=lambda: ["bc", "qam", "qam_ext_kl", "trqam"])
     """registered method names; ``bc`` evaluates the prior itself"""
-    kl_budget: float = 0.5
+    kl_budget: float = ranged(0.5, gt=0)
     """ε for TRQAM and QAM + External KL (offline)"""
-    kl_budget_online: float | None = None
+    kl_budget_online: float | None = ranged(None, gt=0)
     """ε from the start of the online phase (antmaze-giant: 3.0); None keeps ε"""
-    qam_tau: float = 1.0
+    qam_tau: float = ranged(1.0, gt=0)
     """τ for QAM and QAM + External KL (Λ = 1/τ)"""
-    bc_steps: int = 300_000
-    offline_steps: int = 1_000_000
-    online_steps: int = 0
+    bc_steps: int = ranged(300_000, ge=0)
+    """BC pretraining steps of the prior (0: the prior stays at its initialisation)"""
+    offline_steps: int = ranged(1_000_000, ge=0)
+    """offline fine-tuning steps"""
+    online_steps: int = ranged(0, ge=0)
     """environment steps of the offline-to-online phase (UTD 1); 0: offline only"""
-    threads: int = 1
-    """torch threads of the training process"""
+    threads: int = ranged(1, ge=1)
+    """torch threads of the training process (torch.set_num_threads needs >= 1)"""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """widths, critic, batch, flow steps...; method/steps/seed/ε are set per run from the fields above"""
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -81,6 +92,11 @@ class RecipeBase:
     eval: EvalConfig = field(default_factory=EvalConfig)
     paper: dict[str, Any] = field(default_factory=dict)
     """provenance only: the paper's numbers for this domain (not read by the runner)"""
+
+    def cross_checks(self) -> Iterator[tuple[str, str]]:
+        for i, seed in enumerate(self.seeds):
+            if not 0 <= seed <= SEED_MAX:
+                yield f"seeds[{i}]", f"must be in [0, {SEED_MAX}], got {seed!r}"
 
     def finetune_config(self, method: str, seed: int, output_dir: str) -> FinetuneConfig:
         """The run's FinetuneConfig: the recipe's with method, seed, steps (offline + online) and ε filled in;

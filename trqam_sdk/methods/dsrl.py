@@ -40,8 +40,9 @@ class DSRLOptions(ConfigBase):
     """σ_z: the noise policy's box [−σ_z, σ_z]^D (QAM Table 4: 0.4 scene … 1.4 cube-triple/quadruple)"""
     target_flow_tau: float = ranged(0.005, gt=0, le=1)
     """EMA rate of the target BC flow v_θ̃ that decodes every noise into an action"""
-    target_entropy: float | None = None
-    """H̄ of the entropy constraint (80), in nats of the unit-box noise z/σ_z; None: −target_entropy_scale · D"""
+    target_entropy: float | None = ranged(None)
+    """H̄ of the entropy constraint (80), in nats of the unit-box noise z/σ_z, any finite value; None:
+    −target_entropy_scale · D"""
     target_entropy_scale: float = ranged(0.5, ge=0)
     """the default H̄ = −scale · D (D = H·A, the noise dims)"""
     init_alpha: float = ranged(1.0, gt=0)

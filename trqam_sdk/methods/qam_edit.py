@@ -34,8 +34,9 @@ class QAMEditOptions:
     sigma_a: float = ranged(0.1, ge=0)
     """σ_a, the edit's L∞ radius: a = clip(ã + σ_a Δa), Δa ∈ [−1, 1] (QAM Table 4 "QAM-Edit (τ, σ_a)"; its τ is
     ``qam_tau``); 0 is plain QAM"""
-    target_entropy: float | None = None
-    """H̄, the SAC target entropy of Δa (in [−1, 1]^D units, independent of σ_a); None: −0.5 · D (D = H·A)"""
+    target_entropy: float | None = ranged(None)
+    """H̄, the SAC target entropy of Δa (in [−1, 1]^D units, independent of σ_a), any finite value; None: −0.5 · D
+    (D = H·A)"""
     init_alpha: float = ranged(1.0, gt=0)
     """α at the start (the SAC temperature, tuned towards ``target_entropy`` through log α)"""
     act_sample: bool = True

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from trqam_sdk.benchmarks.robomimic.env import LOW_DIM_KEYS, flatten_obs, make_robosuite_env
+from trqam_sdk.schema import ranged
 
 OLD_OSC_POSE = {
     "type": "OSC_POSE", "input_max": 1, "input_min": -1,
@@ -113,11 +114,12 @@ class GenerateConfig:
     """lift or can (scripted); square needs the real MH file"""
     demos_per_level: dict[str, int] = field(default_factory=lambda: {"better": 30, "okay": 30, "worse": 30})
     noise: dict[str, float] = field(default_factory=lambda: dict(QUALITY_NOISE))
-    max_steps: int = 200
+    max_steps: int = ranged(200, ge=1)
     """steps before a failed demo is cut (kept, with reward 0: the data is mixed quality)"""
     keep_failures: bool = True
-    seed: int = 0
-    valid_fraction: float = 0.1
+    seed: int = ranged(0, ge=0, le=2**32 - 1)
+    valid_fraction: float = ranged(0.1, ge=0, lt=1)
+    """share of demos in the validation mask"""
 
 
 def generate(cfg: GenerateConfig, path: str | Path, progress: bool = True) -> dict[str, Any]:

@@ -19,27 +19,29 @@ from trqam_sdk.benchmarks.recipes import EvalConfig, RecipeBase, load_profiled, 
 from trqam_sdk.benchmarks.robomimic.env import LOW_DIM_KEYS
 from trqam_sdk.benchmarks.robomimic.generate import GenerateConfig
 from trqam_sdk.config import to_dict
+from trqam_sdk.schema import ConfigBase, ranged
 
 RECIPE_DIR = recipe_dir("robomimic")
 CACHE = Path(os.environ.get("TRQAM_CACHE", "~/.cache/trqam")).expanduser() / "robomimic"
 
 
 @dataclass
-class RobomimicDataConfig:
+class RobomimicDataConfig(ConfigBase):
     path: str = ""
     """robomimic hdf5 (real MH file); empty: generate scripted data with ``scripted`` into the cache"""
     filter_keys: list[str] = field(default_factory=list)
     """mask/ filter keys to union (MH: better, okay, worse, okay_better, ...); empty: all demos"""
     obs_keys: list[str] = field(default_factory=lambda: list(LOW_DIM_KEYS))
     scripted: GenerateConfig = field(default_factory=GenerateConfig)
+    """the scripted generator's settings (used when ``path`` is empty)"""
 
 
 @dataclass
 class RobomimicEvalConfig(EvalConfig):
-    max_steps: int | None = 300
-    """episode time limit (paper text: 500; the authors' code: 300 lift, 300 can, 400 square)"""
-    workers: int = 1
-    """evaluation processes (1: in-process, one env kept for the run)"""
+    max_steps: int | None = ranged(300, ge=1)
+    """episode time limit (paper text: 500; the authors' code: 300 lift, 300 can, 400 square); None: 300"""
+    workers: int = ranged(1, ge=0)
+    """evaluation processes (1: in-process, one env kept for the run; 0: all cores)"""
 
 
 @dataclass(kw_only=True)
@@ -47,7 +49,7 @@ class RobomimicRecipe(RecipeBase):
     task: str
     """lift, can or square"""
     methods: list[str] = field(default_factory=lambda: ["trqam"])
-    kl_budget: float = 0.1
+    kl_budget: float = ranged(0.1, gt=0)
     """ε for TRQAM and QAM + External KL"""
     data: RobomimicDataConfig = field(default_factory=RobomimicDataConfig)
     eval: RobomimicEvalConfig = field(default_factory=RobomimicEvalConfig)
