@@ -79,13 +79,12 @@ def run(profile: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     bc = evaluate_policy(prior, "eval BC")
     t3 = time.perf_counter()
     rdir = OUT / "runs" / f"{profile}-seed{seed}"
-    (rdir / "metrics.jsonl").unlink(missing_ok=True)
     cfg = FinetuneConfig(method="trqam", flow_steps=10, policy=PolicyConfig(width=args.width),
                          critic=CriticConfig(num_critics=4, width=args.width, target_tau=0.005),
                          trust_region=TrustRegionConfig(kl_budget=0.5), batch_size=256, steps=args.steps,
                          seed=seed, log_every=max(1, min(50, args.steps // 20)), output_dir=str(rdir), trackers=[],
                          conventions=conv)
-    ft = Finetuner(cfg, prior, train)
+    ft = Finetuner(cfg, prior, train, on_existing="overwrite")  # a rerun replaces the earlier run
     final = ft.train(progress=False)
     t4 = time.perf_counter()
     tr = evaluate_policy(ft.agent.actor, "eval TRQAM")

@@ -145,7 +145,8 @@ class FinetuneConfig(ConfigBase):
     save; 0: keep all"""
     max_nonfinite_skips: int = ranged(20, ge=0)
     """consecutive non-finite (skipped) updates after which training stops with an error naming what went
-    non-finite; 0: never stop (a train() call whose every update was skipped still stops)"""
+    non-finite; a train() call also stops when no update since the run was built or resumed has succeeded;
+    0: never stop (skips are still warned about)"""
     output_dir: str = "runs/trqam"
     """run folder: metrics.jsonl, config.json, checkpoints/, tracker logs"""
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])

@@ -72,12 +72,41 @@ def test_every_update_non_finite_stops_the_run(case: str, expect: list[str], tmp
     assert "warning: step 0: non-finite update skipped" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("limit,steps", [(0, 2), (50, 3)], ids=["limit-off", "limit-above-steps"])
-def test_a_short_train_call_with_every_update_skipped_raises(limit: int, steps: int, tmp_path: Path) -> None:
-    ft = Finetuner(cfg(tmp_path / "run", max_nonfinite_skips=limit), _nan_prior(), data())
-    with pytest.raises(NonFiniteTrainingError, match=f"all {steps} updates \\(steps 0..{steps - 1}\\) were "
-                                                     "non-finite and skipped, the weights never changed"):
-        ft.train(steps=steps, progress=False)
+@pytest.mark.parametrize("calls", [[3], [1, 1, 1]], ids=["one-call", "three-1-step-calls"])
+def test_a_run_whose_every_update_was_skipped_raises_below_the_limit(calls: list[int], tmp_path: Path) -> None:
+    """Judged over every update since the Finetuner was built, whatever the length of each train() call."""
+    ft = Finetuner(cfg(tmp_path / "run", max_nonfinite_skips=50), _nan_prior(), data())
+    done = 0
+    for n in calls:
+        done += n
+        with pytest.raises(NonFiniteTrainingError, match=f"all {done} updates \\(steps 0..{done - 1}\\) were "
+                                                         "non-finite and skipped, the weights never changed"):
+            ft.train(steps=n, progress=False)
+
+
+def test_limit_zero_never_stops_but_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ft = Finetuner(cfg(tmp_path / "run", max_nonfinite_skips=0), _nan_prior(), data())
+    ft.train(steps=3, progress=False)
+    assert ft.nonfinite_skips == 3 and "3 of 3 updates were non-finite and skipped" in capsys.readouterr().err
+
+
+def test_one_bad_step_in_short_calls_only_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A healthy run trained in 1-step calls (an online loop) with one non-finite batch does not stop."""
+    d = dataclasses.replace(data(), rewards=data().rewards.clone())
+    ft = Finetuner(cfg(tmp_path / "run", max_nonfinite_skips=20, steps=6), prior(), d)
+    ft.train(steps=1, progress=False)
+    poisoned = ft.shard
+
+    def shard(step: int) -> Any:
+        batch, noise = poisoned(step)
+        if step == 1:
+            batch["rewards"] = batch["rewards"] * float("nan")
+        return batch, noise
+
+    ft.shard = shard  # type: ignore[method-assign]
+    for _ in range(5):
+        ft.train(steps=1, progress=False)
+    assert ft.step == 6 and ft.nonfinite_skips == 1 and "1 of 1 updates were non-finite" in capsys.readouterr().err
 
 
 def test_some_skipped_updates_warn_with_the_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -90,7 +119,7 @@ def test_some_skipped_updates_warn_with_the_count(tmp_path: Path, capsys: pytest
 
     ft.train(progress=False, before_step=poison)
     assert ft.nonfinite_skips == 1
-    assert "warning: 1 of 4 updates were non-finite and skipped" in capsys.readouterr().out
+    assert "warning: 1 of 4 updates were non-finite and skipped" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import torch
 from trqam_sdk.benchmarks.base import Benchmark
 from trqam_sdk.benchmarks.recipes import PRIOR, RecipeBase
 from trqam_sdk.config import to_dict
-from trqam_sdk.io import append_jsonl, atomic_write_text, write_jsonl
+from trqam_sdk.io import append_jsonl, atomic_write_text, read_json, write_jsonl
 
 
 def run_dir(out: str | Path, bench: Benchmark, recipe: RecipeBase, task: str, method: str, seed: int) -> Path:
@@ -52,7 +52,7 @@ def bc_prior(recipe: RecipeBase, train: Any, seed: int, folder: Path, progress: 
     from trqam_sdk.training.bc import pretrain_bc
 
     spec, spec_file = prior_spec(recipe, train, seed), folder / "bc_prior.json"
-    if (folder / "model.safetensors").is_file() and spec_file.is_file() and json.loads(spec_file.read_text()) == spec:
+    if (folder / "model.safetensors").is_file() and spec_file.is_file() and read_json(spec_file, "prior spec") == spec:
         return load_policy(folder)
     p, conv = recipe.finetune.policy, recipe.finetune.conventions
     torch.manual_seed(seed)
@@ -89,7 +89,7 @@ def prior_eval(bench: Benchmark, recipe: RecipeBase, task: str, prior: Any, seed
                 "env": repr(bench.env_factory(recipe, task, "eval"))})
     cache = folder / "prior_eval.json"
     if cache.is_file():
-        saved = json.loads(cache.read_text())
+        saved = read_json(cache, "cached prior evaluation")
         if saved.get("key") == key:
             return saved["result"]
     res = evaluate_policy(bench, recipe, task, prior, seed, progress, desc="eval BC prior")
@@ -113,7 +113,7 @@ def run_one(bench: Benchmark, recipe: RecipeBase, task: str | int, method: str, 
     rdir = run_dir(out, bench, recipe, task, method, seed)
     done = rdir / "result.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return read_json(done, "run result")
     if method != PRIOR:
         recipe.finetune_config(method, seed, str(rdir))  # an unknown method fails before any work is done
     torch.set_num_threads(recipe.threads)

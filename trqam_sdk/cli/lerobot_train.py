@@ -13,6 +13,7 @@ import json
 
 from trqam_sdk.cli.args import add_config_arguments, add_run_dir_arguments, config_from_args, int_at_least, on_existing
 from trqam_sdk.config import FinetuneConfig
+from trqam_sdk.training import rundir
 
 SHORTHANDS = {"--method": "method", "--steps": "steps", "--batch-size": "batch_size", "--flow-steps": "flow_steps",
               "--kl-budget": "trust_region.kl_budget"}
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     args.overrides = [*args.overrides, f"output_dir={json.dumps(args.output_dir)}"]
     cfg = config_from_args(args, FinetuneConfig, base=None if args.config else vla_defaults())
+    rundir.plan(cfg.output_dir, on_existing(args))  # read-only: a used folder is refused before the VLA loads
     result = finetune_lerobot(cfg, args.policy, args.dataset, repo_id=args.repo_id, lora_rank=args.lora_rank,
                               push_to=args.push_to, tiny=args.tiny,
                               on_existing=on_existing(args))

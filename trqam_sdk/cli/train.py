@@ -16,6 +16,7 @@ from trqam_sdk.adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
 from trqam_sdk.cli.args import add_config_arguments, add_run_dir_arguments, config_from_args, int_at_least, on_existing
 from trqam_sdk.config import FinetuneConfig
 from trqam_sdk.data.files import load_transitions
+from trqam_sdk.training import rundir
 from trqam_sdk.training.finetuner import Finetuner, pretrain_bc
 
 
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, FinetuneConfig)
+    rundir.plan(cfg.output_dir, on_existing(args))  # read-only: a used folder is refused before any work
     data = load_transitions(args.data)
     if args.policy:
         policy = load_policy(args.policy)

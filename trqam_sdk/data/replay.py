@@ -37,7 +37,7 @@ from torch import Tensor
 
 from trqam_sdk.core.pytree import tree_map
 from trqam_sdk.data.transitions import KEYS, ChunkSampler, Transitions, episode_ends
-from trqam_sdk.io import atomic_write_text
+from trqam_sdk.io import atomic_write_text, read_json
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -297,7 +297,7 @@ class ReplayBuffer(ChunkSampler):
         mpath = folder / MANIFEST
         if not mpath.is_file():
             raise FileNotFoundError(f"{mpath} is missing: no replay buffer was saved in {folder}")
-        m = json.loads(mpath.read_text())
+        m = read_json(mpath, "replay-buffer manifest")
         lacking = [k for k in ("format", "rows", "offline_rows", "offline_fingerprint", "layout", "shards")
                    if k not in m]
         if lacking:

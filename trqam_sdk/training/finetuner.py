@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,7 +81,8 @@ class Finetuner:
                  on_existing: rundir.OnExisting = "new"):
         validate(cfg, where="FinetuneConfig")  # recipes and callers may have mutated it since it was built
         check_compatible(policy, data)
-        resume_from = rundir.plan(cfg.output_dir, on_existing)  # read-only: refusals before any work
+        main = os.environ.get("RANK", "0") == "0"  # torchrun / accelerate launch; the Accelerator comes later
+        resume_from = rundir.plan(cfg.output_dir, on_existing, loud=main)  # read-only: refusals before any work
         if resume_from is not None:
             _check_resumable(resume_from, cfg)
         agent_cls = get_method(cfg.method)
@@ -179,7 +182,7 @@ class Finetuner:
             why = diagnose(self.agent, loss_all, gnorm, out, batch)
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite_skips += 1
-            self.guard.skipped(self.step, self.nonfinite_skips, why)
+            self.guard.skipped(self.step, why)
         out.update(self.agent.status(self.step))
         self.step += 1
         out.update({"train/loss": loss_all, "train/grad_norm": gnorm, "train/nonfinite_skips": self.nonfinite_skips})
@@ -200,7 +203,7 @@ class Finetuner:
                    disable=not (progress and acc.is_local_main_process))
         metrics: dict[str, float] = {}
         t_last, step_last = time.perf_counter(), self.step
-        start, skips_before = self.step, self.nonfinite_skips
+        start, skips_before = self.step, self.guard.skipped_total
         while self.step < end:
             if before_step is not None:
                 before_step(self.step)
@@ -217,21 +220,23 @@ class Finetuner:
                 self.save_checkpoint()
         bar.close()
         self.save_checkpoint()
-        self._report_skips(self.step - start, self.nonfinite_skips - skips_before)
+        self._report_skips(self.step - start, self.guard.skipped_total - skips_before)
         return metrics
 
     def _report_skips(self, updates: int, skipped: int) -> None:
-        """A console summary of skipped updates; an error when every update of this call was skipped."""
+        """A console summary of this call's skipped updates; an error when no update of this Finetuner (since it
+        was built or resumed) has succeeded — short train() calls (an online loop) are judged over all of them."""
         if not skipped:
             return
-        if skipped == updates:
+        g = self.guard
+        if g.limit and g.succeeded == 0:
             raise NonFiniteTrainingError(
-                f"training failed: all {updates} updates (steps {self.step - updates}..{self.step - 1}) were "
-                f"non-finite and skipped, the weights never changed; the first warning above names what went "
-                f"non-finite. Check the data's scale, the prior's weights, lr and lam_init")
+                f"training failed: all {g.skipped_total} updates (steps {self.step - g.skipped_total}..{self.step - 1})"
+                " were non-finite and skipped, the weights never changed; the first warning above names what went "
+                "non-finite. Check the data's scale, the prior's weights, lr and lam_init")
         if self.accelerator.is_main_process:
             tqdm.write(f"warning: {skipped} of {updates} updates were non-finite and skipped "
-                       f"(train/nonfinite_skips in {self.run_dir / 'metrics.jsonl'})")
+                       f"(train/nonfinite_skips in {self.run_dir / 'metrics.jsonl'})", file=sys.stderr)
 
     def log_to_trackers(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Namespaced metrics from outside the update (the runner's ``eval/…``) to the trackers, at ``step``."""

@@ -35,8 +35,10 @@ def _largest(batch: dict[str, Any]) -> str:
         items = value.items() if isinstance(value, dict) else [(None, value)]
         for sub, t in items:
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
-                top = float(t.detach().abs().nan_to_num(nan=math.inf).max())
-                out.append(f"{key}{'.' + sub if sub else ''} {top:.3g}")
+                t = t.detach()
+                nans = int(torch.isnan(t).sum())
+                top = float(t.nan_to_num(nan=0.0).abs().max())
+                out.append(f"{key}{'.' + sub if sub else ''} {top:.3g}" + (f" ({nans} NaN)" if nans else ""))
     return ", ".join(out)
 
 
@@ -56,20 +58,24 @@ def diagnose(module: torch.nn.Module, loss: float, grad_norm: float, metrics: di
 
 
 class NonFiniteGuard:
-    """Counts skipped updates, warns on the console (the first, then at powers of two) and raises
-    :class:`NonFiniteTrainingError` after ``limit`` consecutive ones (0: never)."""
+    """Counts this process's skipped and successful updates, warns on the console (the first skip, then at powers
+    of two) and raises :class:`NonFiniteTrainingError` after ``limit`` consecutive skips (0: never)."""
 
     def __init__(self, limit: int, loud: bool) -> None:
         self.limit, self.loud = limit, loud
         self.consecutive, self.first_step = 0, 0
+        self.skipped_total, self.succeeded = 0, 0
 
     def ok(self, step: int) -> None:
         self.consecutive = 0
+        self.succeeded += 1
 
-    def skipped(self, step: int, total: int, why: str) -> None:
+    def skipped(self, step: int, why: str) -> None:
         if self.consecutive == 0:
             self.first_step = step
         self.consecutive += 1
+        self.skipped_total += 1
+        total = self.skipped_total
         if self.loud and total & (total - 1) == 0:  # 1, 2, 4, 8, ...
             tqdm.write(f"warning: step {step}: non-finite update skipped (weights unchanged; {total} skipped so "
                        f"far): {why}", file=sys.stderr)

@@ -32,8 +32,9 @@ from trqam_sdk.io import atomic_write_text, read_json, safetensors_intact
 
 OnExisting = Literal["new", "resume", "overwrite", "auto"]
 ON_EXISTING: tuple[str, ...] = ("new", "resume", "overwrite", "auto")
-RUN_ENTRIES = ("config.json", "metrics.jsonl", "checkpoints", "trqam")
-"""what a Finetuner writes in its output folder (``trqam/`` holds the tracker logs)"""
+RUN_ENTRIES = ("checkpoints", "trqam", "metrics.jsonl", "config.json")
+"""what a Finetuner writes in its output folder (``trqam/`` holds the tracker logs), in the order an overwrite
+removes them: checkpoints first, so a kill mid-way never leaves the discarded run resumable"""
 LOCK = ".lock"
 _STEP = re.compile(r"^step-(\d{8})$")
 _OLD = re.compile(r"^\.old-step-(\d{8})-\d+$")
@@ -114,9 +115,10 @@ def run_entries(run_dir: Path) -> list[str]:
     return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK and not _TEMP.match(p.name))
 
 
-def plan(run_dir: str | Path, on_existing: str) -> Path | None:
+def plan(run_dir: str | Path, on_existing: str, loud: bool = True) -> Path | None:
     """The checkpoint to resume from (None: start at step 0). Read-only: every refusal happens here, before the
-    folder is touched. Warns about checkpoints passed over and a ``latest.json`` that disagrees."""
+    folder is touched. Warns (when ``loud``: the main process) about checkpoints passed over and a ``latest.json``
+    that disagrees."""
     if on_existing not in ON_EXISTING:
         raise RunDirError(f"on_existing must be one of {list(ON_EXISTING)}, got {on_existing!r}")
     run_dir = Path(run_dir)
@@ -132,7 +134,7 @@ def plan(run_dir: str | Path, on_existing: str) -> Path | None:
     if on_existing == "overwrite":
         return None
     found = scan_checkpoints(run_dir)
-    for why in found.broken:
+    for why in found.broken if loud else ():
         warnings.warn(f"{run_dir}: passing over checkpoint {why}", stacklevel=3)
     if found.newest is None:
         if on_existing == "auto":
@@ -145,7 +147,7 @@ def plan(run_dir: str | Path, on_existing: str) -> Path | None:
         named = read_json(pointer, "checkpoint pointer").get("path")
     except (FileNotFoundError, ValueError, AttributeError):
         named = None
-    if named != step_name(found.intact[0][0]):
+    if loud and named != step_name(found.intact[0][0]):
         warnings.warn(f"{pointer} is missing, corrupt or stale (names {named!r}): resuming from the newest intact "
                       f"checkpoint, {found.newest.name}", stacklevel=3)
     return found.newest

@@ -36,7 +36,7 @@ from trqam_sdk.benchmarks.metaworld.stages import cached_stage, measure, read_st
 from trqam_sdk.benchmarks.recipes import PRIOR
 from trqam_sdk.benchmarks.runner import headline
 from trqam_sdk.config import to_dict
-from trqam_sdk.io import atomic_write_text
+from trqam_sdk.io import atomic_write_text, read_json
 
 
 # -- shared stages ---------------------------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ def run_metaworld(recipe: MetaWorldRecipe, method: str, seed: int, out: str | Pa
     done = rdir / "result.json"
     spec = run_spec(recipe, method, seed)
     if done.is_file():
-        saved = json.loads(done.read_text())
+        saved = read_json(done, "run result")
         if "spec" in saved and saved["spec"] != spec:
             raise ValueError(f"{done} is a finished run of another configuration; use another --out or delete "
                              f"{rdir} to redo it")

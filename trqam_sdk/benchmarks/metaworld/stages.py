@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from trqam_sdk.io import atomic_write_text
+from trqam_sdk.io import atomic_write_text, read_json
 
 
 def _vm_hwm_mb() -> float | None:
@@ -60,7 +60,7 @@ def read_stage(path: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        saved = json.loads(path.read_text())
+        saved = read_json(path, "stage result")
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); delete it to redo the stage") from e
     if saved.get("spec") != json.loads(json.dumps(spec, default=str)):
