@@ -149,7 +149,7 @@ def test_types_are_parsed_as_declared() -> None:
     ({"critic": {"layer_norm": "yes"}}, "critic.layer_norm: expected true or false, got 'yes'"),
     ({"output_dir": 123}, "output_dir: expected a string (quote it), got 123"),
     ({"reference": "foo"}, "reference: must be one of ['ema', 'frozen'], got 'foo'"),
-    ({"mixed_precision": False}, "mixed_precision: must be one of ['no', 'bf16', 'fp16'], got False"),
+    ({"mixed_precision": False}, "mixed_precision: must be one of ['auto', 'no', 'bf16', 'fp16'], got False"),
     ({"trackers": "tensorboard"}, "trackers: expected a list (list[str]), got 'tensorboard'"),
     ({"trackers": [1]}, "trackers[0]: expected a string"),
     ({"trust_region": {"kl_budget_schedule": [[1, 2.0, 3]]}}, "trust_region.kl_budget_schedule[0]: expected 2 items"),

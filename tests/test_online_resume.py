@@ -62,7 +62,8 @@ def _dump(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, str(path))
 
 
-def _finetuner(out: Path, steps: int = OFFLINE + ONLINE, every: int = EVERY, on_existing: str = "new") -> tuple[Any, Any]:
+def _finetuner(out: Path, steps: int = OFFLINE + ONLINE, every: int = EVERY,
+               on_existing: str = "new") -> tuple[Any, Any]:
     """The run's Finetuner (TRQAM on a tiny MLP flow policy) and its offline data, built identically each time."""
     from trqam_sdk.adapters.mlp import MLPFlowPolicy, MLPPolicyConfig
 

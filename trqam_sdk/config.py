@@ -134,8 +134,9 @@ class FinetuneConfig(ConfigBase):
     """total gradient steps (a resumed run continues up to this)"""
     seed: int = ranged(0, ge=0, le=2**32 - 1)
     """seeds torch, numpy and the per-step batch / noise draws (runs are reproducible per seed)"""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Accelerate's mixed precision of the forward passes"""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Accelerate's mixed precision of the forward passes; auto: the launcher's (``accelerate launch
+    --config_file recipes/accelerate/single_gpu_bf16.yaml`` sets bf16), else none; no: fp32 whatever the launcher"""
     log_every: int = ranged(50, ge=1)
     """steps between metric rows (metrics.jsonl, trackers, progress bar)"""
     checkpoint_every: int = ranged(0, ge=0)

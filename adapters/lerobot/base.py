@@ -15,6 +15,12 @@
 * Trainable: the action expert (and its projections); the VLM, vision tower and any prefix-side projection are
   frozen. Optionally LoRA adapters (peft) on the expert instead (``lora_rank``).
 * Saved in lerobot's own checkpoint format (LoRA merged), processors alongside.
+* Memory options (keyword arguments of the constructors and ``from_pretrained``): ``vlm_dtype="bfloat16"``
+  stores and runs the frozen prefix side in bf16 (the expert, and so every VJP, stays fp32);
+  ``gradient_checkpointing=True`` recomputes the expert's layers in the backward of every pass that builds a
+  graph (rollout, loss, BC, VJPs) instead of keeping their activations (:mod:`.prefix` says where each model
+  checkpoints). :meth:`LeRobotFlowPolicy.freeze_as_reference` makes the agent's frozen base / reference
+  LoRA-free (merged).
 
 How the condition is computed and how the model is asked for its native velocity is backbone-specific: see
 :mod:`.prefix` for the models that cache a vision-language prefix as a KV cache (pi0, pi0.5, SmolVLA).
@@ -23,12 +29,15 @@ How the condition is computed and how the model is asked for its native velocity
 from __future__ import annotations
 
 import copy
+import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from trqam_sdk.adapters.base import ActionSpec, FlowPolicy, check_state_dict, read_config_json, resolve_folder
 
 from trqam_sdk.io import read_json, read_safetensors
@@ -36,6 +45,27 @@ from trqam_sdk.networks.encoders import unit_image
 
 TOKENS, TOKEN_MASK, STATE = "observation.language.tokens", "observation.language.attention_mask", "observation.state"
 PROCESSOR_FILES = ("policy_preprocessor.json", "policy_postprocessor.json")
+VLM_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""the dtypes the frozen prefix side may be stored and run in (``vlm_dtype``)"""
+
+
+def _recompute(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` under non-reentrant activation checkpointing when a graph is being built (else plain)."""
+    if not torch.is_grad_enabled():
+        return fn(*args)
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)  # eval mode: no randomness
+
+
+def checkpointed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """A module's own ``forward`` with its activations recomputed in the backward (bound per instance with
+    ``types.MethodType``, so a deep copy rebinds it to the copy)."""
+    return _recompute(lambda *a: type(self).forward(self, *a, **kwargs), *args)
+
+
+def checkpoint_module(module: nn.Module, forward: Callable[..., Any] = checkpointed_forward,
+                      method: str = "forward") -> None:
+    """Make ``module.<method>`` run ``forward`` bound to it (an instance attribute; the class is untouched)."""
+    setattr(module, method, types.MethodType(forward, module))
 
 
 class _Shared:
@@ -74,8 +104,10 @@ class LeRobotFlowPolicy(FlowPolicy):
     """the frozen vision-language model inside ``policy.model`` (shared by deep copies)"""
 
     def __init__(self, policy: nn.Module, preprocessor: Any = None, postprocessor: Any = None,
-                 lora_rank: int = 0):
+                 lora_rank: int = 0, *, vlm_dtype: str = "float32", gradient_checkpointing: bool = False):
         super().__init__()
+        if vlm_dtype not in VLM_DTYPES:
+            raise ValueError(f"vlm_dtype must be one of {sorted(VLM_DTYPES)}, got {vlm_dtype!r}")
         if getattr(policy, "name", None) != self.lerobot_type:
             raise ValueError(f"{type(self).__name__} wraps lerobot '{self.lerobot_type}' policies, "
                              f"got {getattr(policy, 'name', type(policy).__name__)!r}")
@@ -92,7 +124,29 @@ class LeRobotFlowPolicy(FlowPolicy):
         self.lora_rank = lora_rank
         if lora_rank:
             self._add_lora(lora_rank)
+        self.vlm_dtype = vlm_dtype
+        if vlm_dtype != "float32":
+            for p in self.prefix_parameters().values():  # parameters only: buffers (RoPE frequencies) stay fp32
+                p.data = p.data.to(VLM_DTYPES[vlm_dtype])
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            self._checkpoint_expert()
         self.eval()
+
+    @property
+    def prefix_dtype(self) -> torch.dtype:
+        """The dtype the frozen prefix side runs in (its inputs are cast to it): read off the VLM's weights, so a
+        later ``.to(dtype)`` of the whole adapter stays consistent."""
+        return next(self.policy.model.get_submodule(self.vlm_module).parameters()).dtype
+
+    @property
+    def expert_dtype(self) -> torch.dtype:
+        """The dtype the trainable expert runs in (fp32 unless the whole adapter was cast)."""
+        return self.policy.model.action_in_proj.weight.dtype
+
+    def _checkpoint_expert(self) -> None:
+        """Activation-checkpoint the expert's layers (backbone-specific: see :mod:`.prefix`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no gradient checkpointing")
 
     # -- observations --------------------------------------------------------------------------------------
     def check_observations(self, obs: Any) -> int:
@@ -176,13 +230,19 @@ class LeRobotFlowPolicy(FlowPolicy):
         """The lerobot policy with LoRA folded into the weights (the policy itself when there is none)."""
         if not self.lora_rank:
             return self.policy
-        merged = copy.deepcopy(self.policy)
-        for name, module in list(merged.named_modules()):
-            if hasattr(module, "merge") and hasattr(module, "base_layer"):
-                module.merge()  # W ← W + B A scale, then the LoRA wrapper is replaced by its base layer
-                parent, _, child = name.rpartition(".")
-                setattr(merged.get_submodule(parent), child, module.get_base_layer())
+        vlm = self.policy.model.get_submodule(self.vlm_module)  # frozen, LoRA-free: not copied
+        merged = copy.deepcopy(self.policy, {id(vlm): vlm})
+        _merge_lora(merged)
         return merged
+
+    def freeze_as_reference(self) -> LeRobotFlowPolicy:
+        """Freeze in place for use as a frozen base / reference (returns ``self``): LoRA merged into the
+        expert's weights and its wrappers removed, so its forwards pay no adapter branches. With LoRA's zero
+        init (B = 0) the merged weights are the pretrained ones bit for bit."""
+        if self.lora_rank:
+            _merge_lora(self.policy)
+            self.lora_rank = 0
+        return self.requires_grad_(False)
 
     # -- serialisation: lerobot's own checkpoint format ---------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -218,8 +278,8 @@ class LeRobotFlowPolicy(FlowPolicy):
         self.policy.load_state_dict(state)
 
     @classmethod
-    def from_pretrained(cls, path_or_repo: str | Path, revision: str | None = None,
-                        lora_rank: int = 0) -> LeRobotFlowPolicy:
+    def from_pretrained(cls, path_or_repo: str | Path, revision: str | None = None, lora_rank: int = 0, *,
+                        vlm_dtype: str = "float32", gradient_checkpointing: bool = False) -> LeRobotFlowPolicy:
         """Load a lerobot checkpoint (local folder or Hub repo) and its processors into the adapter. Every
         missing or corrupt file is an error naming it (lerobot's own parse errors are re-raised with the path)."""
         from lerobot.configs.policies import PreTrainedConfig
@@ -257,7 +317,8 @@ class LeRobotFlowPolicy(FlowPolicy):
         policy = get_policy_class(kind)(config)
         check_state_dict(policy, state, f"checkpoint {folder} does not match its {kind} config")
         policy.load_state_dict(state)
-        return cls(policy.eval(), pre, post, lora_rank=lora_rank)
+        return cls(policy.eval(), pre, post, lora_rank=lora_rank, vlm_dtype=vlm_dtype,
+                   gradient_checkpointing=gradient_checkpointing)
 
     @property
     def preprocessor(self) -> Any:
@@ -266,3 +327,13 @@ class LeRobotFlowPolicy(FlowPolicy):
     @property
     def postprocessor(self) -> Any:
         return self.processors.post
+
+
+def _merge_lora(policy: nn.Module) -> None:
+    """Fold every peft LoRA layer of ``policy`` into its base weight (W ← W + B A scale) and replace the
+    wrapper by that base layer, in place."""
+    for name, module in list(policy.named_modules()):
+        if hasattr(module, "merge") and hasattr(module, "base_layer"):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(policy.get_submodule(parent), child, module.get_base_layer())

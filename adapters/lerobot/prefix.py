@@ -7,6 +7,17 @@ cache object would make a second VJP differ from the first.
 
 pi0 and pi0.5 (one PaliGemma-with-expert joint forward) and SmolVLA (a SmolVLM prefix, an expert alternating
 cross- and self-attention) differ only in how the prefix is embedded and what the expert's denoise step takes.
+
+With ``vlm_dtype="bfloat16"`` the cache is computed in bf16 under ``no_grad`` and cast once, at the end of
+``condition``, to the expert's fp32 (exact: every value stays bf16-representable). pi0's expert attention
+(transformers' Gemma) needs one dtype. Keeping it in bf16 and casting per velocity call would halve the stored
+condition but make a fresh fp32 copy per call, which the graph of every tracked rollout step / VJP keeps alive
+(T copies instead of one) and which the reference's T-times tiled call adds on top of the tile.
+
+Gradient checkpointing recomputes per expert layer: pi0 / pi0.5 each Gemma-expert decoder layer; SmolVLA,
+whose layer loop interleaves the VLM and the expert inside lerobot's forward, each layer's attention half
+(``forward_attn_layer`` / ``forward_cross_attn_layer``) and the expert's MLP. Layers that append the suffix
+K/V to the cache get their cache slot put back before a recompute, so it sees the cache the forward saw.
 """
 
 from __future__ import annotations
@@ -15,7 +26,50 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from trqam_sdk.adapters.lerobot.base import TOKEN_MASK, TOKENS, LeRobotFlowPolicy
+from trqam_sdk.adapters.lerobot.base import (
+    TOKEN_MASK,
+    TOKENS,
+    LeRobotFlowPolicy,
+    _recompute,
+    checkpoint_module,
+    checkpointed_forward,
+)
+
+
+def _with_cache_slot(cache: Any, layer_idx: int, fn: Any) -> Any:
+    """``fn`` that first puts cache slot ``layer_idx`` back as it is now (a recompute then sees the prefix-only
+    slot the forward saw, not the one the forward appended to)."""
+    if cache is None or layer_idx >= len(cache.layers):
+        return fn
+    slot = cache.layers[layer_idx]
+    saved = slot.keys, slot.values
+
+    def run(*a: Any) -> Any:
+        slot.keys, slot.values = saved
+        return fn(*a)
+    return run
+
+
+def _checkpointed_decoder_layer(self: Any, hidden_states: Tensor, **kwargs: Any) -> Any:
+    """A transformers decoder layer (pi0's Gemma expert) recomputed in the backward; it appends to its cache."""
+    fwd = _with_cache_slot(kwargs.get("past_key_values"), self.self_attn.layer_idx,
+                           lambda h: type(self).forward(self, h, **kwargs))
+    return _recompute(fwd, hidden_states)
+
+
+def _checkpointed_attn_layer(self: Any, model_layers: Any, inputs_embeds: Any, layer_idx: int, *args: Any,
+                             **kwargs: Any) -> Any:
+    """SmolVLA's ``forward_attn_layer`` (self-attention, appends the suffix K/V) recomputed in the backward."""
+    fwd = _with_cache_slot(kwargs.get("past_key_values"), layer_idx, lambda e: type(self).forward_attn_layer(
+        self, model_layers, e, layer_idx, *args, **kwargs))
+    return _recompute(fwd, inputs_embeds)
+
+
+def _checkpointed_cross_attn_layer(self: Any, model_layers: Any, inputs_embeds: Any, layer_idx: int, *args: Any,
+                                   **kwargs: Any) -> Any:
+    """SmolVLA's ``forward_cross_attn_layer`` (reads the cache only) recomputed in the backward."""
+    return _recompute(lambda e: type(self).forward_cross_attn_layer(self, model_layers, e, layer_idx, *args,
+                                                                    **kwargs), inputs_embeds)
 
 
 class KVPrefixPolicy(LeRobotFlowPolicy):
@@ -35,8 +89,9 @@ class KVPrefixPolicy(LeRobotFlowPolicy):
         self.check_observations(obs)
         obs = self.float_images(obs)  # uint8 rows (the SDK's storage) → float / 255, as lerobot's loader gives
         kv, pad = self._prefix_kv(obs)
-        cond: dict[str, Any] = {"keys": [layer.keys for layer in kv.layers],
-                                "values": [layer.values for layer in kv.layers], "pad": pad}
+        dtype = self.expert_dtype  # a bf16 prefix's cache is cast once here, not in every velocity call
+        cond: dict[str, Any] = {"keys": [layer.keys.to(dtype) for layer in kv.layers],
+                                "values": [layer.values.to(dtype) for layer in kv.layers], "pad": pad}
         cond.update(self._suffix_inputs(obs))
         return cond
 
@@ -48,10 +103,12 @@ class KVPrefixPolicy(LeRobotFlowPolicy):
                                               timestep=t)
 
     def _native_velocity(self, cond: dict[str, Any], padded: Tensor, t_native: Tensor) -> Tensor:
-        """The expert's denoise step against a fresh cache over the condition's tensors."""
+        """The expert's denoise step against a fresh cache over the condition's tensors (in the expert's dtype:
+        ``.to`` is a no-op for a condition from :meth:`condition`)."""
         from transformers.cache_utils import DynamicCache
 
-        cache = DynamicCache(tuple((k, v, None) for k, v in zip(cond["keys"], cond["values"], strict=True)))
+        cache = DynamicCache(tuple((k.to(padded.dtype), v.to(padded.dtype), None)
+                                   for k, v in zip(cond["keys"], cond["values"], strict=True)))
         return self._denoise(cond, cache, padded, t_native)
 
 
@@ -64,6 +121,7 @@ class _PiFamily(KVPrefixPolicy):
         model = self.policy.model
         images, img_masks = self._images(obs)
         embs, pad, att = model.embed_prefix(images, img_masks, obs[TOKENS], obs[TOKEN_MASK])
+        embs = embs.to(self.prefix_dtype)  # lerobot hands the image features back in the images' dtype
         pwe = model.paligemma_with_expert
         pwe.paligemma.model.language_model.config._attn_implementation = "eager"
         pwe.gemma_expert.model.config._attn_implementation = "eager"
@@ -71,6 +129,10 @@ class _PiFamily(KVPrefixPolicy):
                             position_ids=torch.cumsum(pad, dim=1) - 1, past_key_values=None,
                             inputs_embeds=[embs, None], use_cache=True)
         return kv, pad
+
+    def _checkpoint_expert(self) -> None:
+        for layer in self.policy.model.paligemma_with_expert.gemma_expert.model.layers:
+            checkpoint_module(layer, _checkpointed_decoder_layer)
 
 
 class LeRobotPI0Policy(_PiFamily):
@@ -118,9 +180,16 @@ class LeRobotSmolVLAPolicy(KVPrefixPolicy):
 
         model = self.policy.model
         images, img_masks = self._images(obs)
-        state = self.policy.prepare_state(obs)
+        state = self.policy.prepare_state(obs).to(self.prefix_dtype)  # state_proj is prefix-side here
         embs, pad, att = model.embed_prefix(images, img_masks, obs[TOKENS], obs[TOKEN_MASK], state=state)
         _, kv = model.vlm_with_expert.forward(attention_mask=make_att_2d_masks(pad, att),
                                               position_ids=torch.cumsum(pad, dim=1) - 1, past_key_values=None,
                                               inputs_embeds=[embs, None], use_cache=True)
         return kv, pad
+
+    def _checkpoint_expert(self) -> None:
+        vwe = self.policy.model.vlm_with_expert
+        checkpoint_module(vwe, _checkpointed_attn_layer, "forward_attn_layer")
+        checkpoint_module(vwe, _checkpointed_cross_attn_layer, "forward_cross_attn_layer")
+        for layer in vwe.lm_expert.layers:
+            checkpoint_module(layer.mlp, checkpointed_forward)

@@ -205,7 +205,7 @@ def test_duplicate_keys_in_a_recipe_file(tmp_path: Path) -> None:
                                                                    "increasing, got step 3 after 5"),
     ("trust_region:\n  kl_budget_schedule: [[5, -0.1]]\n", "kl_budget_schedule[0]: ε must be > 0, got -0.1"),
     ("trust_region:\n  kl_budget_schedule: [[5, .nan]]\n", "kl_budget_schedule[0]: ε must be > 0, got nan"),
-    ("mixed_precision: fp8\n", "mixed_precision: must be one of ['no', 'bf16', 'fp16'], got 'fp8'"),
+    ("mixed_precision: fp8\n", "mixed_precision: must be one of ['auto', 'no', 'bf16', 'fp16'], got 'fp8'"),
     ("method: nosuch\n", "method: unknown method 'nosuch'"),
     ("stpes: 3\n", "stpes: unknown keys ['stpes'] (did you mean 'steps'?)"),
     ("critic: 3\n", "critic: expected a mapping of CriticConfig fields"),

@@ -25,7 +25,7 @@ from trqam_sdk.core.flow import (
     time_grid,
 )
 from trqam_sdk.core.losses import adjoint_matching_loss, path_kl
-from trqam_sdk.core.pytree import repeat_condition
+from trqam_sdk.core.pytree import Cond, repeat_condition
 from trqam_sdk.core.targets import soft_update
 from trqam_sdk.methods.base import Agent, Noise
 from trqam_sdk.methods.bc import bc_flow_matching
@@ -42,6 +42,19 @@ def terminal_adjoint(critic: nn.Module, obs: Any, x: Tensor, horizon: int) -> Te
         q = critic(obs, chunk).mean(dim=0).sum()
         (grad,) = torch.autograd.grad(q, x)
     return -grad
+
+
+class _GivenCondition:
+    """``policy`` whose ``condition`` returns one already computed (the BC reuses v_θ's shared frozen prefix)."""
+
+    def __init__(self, policy: FlowPolicy, cond: Cond):
+        self.policy, self.cond, self.spec = policy, cond, policy.spec
+
+    def condition(self, obs: Any) -> Cond:
+        return self.cond
+
+    def velocity(self, cond: Cond, x: Tensor, t: Tensor) -> Tensor:
+        return self.policy.velocity(cond, x, t)
 
 
 @register_method("trqam")
@@ -63,13 +76,22 @@ class TRQAMAgent(Agent):
         super().__init__()
         self.cfg, self.flow_steps = cfg, cfg.flow_steps
         self.spec = actor.spec
-        self.actor, self.base, self.critic = actor, base, critic
-        self.ref = copy.deepcopy(base).requires_grad_(False)
+        self.actor, self.critic = actor, critic
+        if cfg.reference == "frozen":
+            # base and reference never change and are equal: hold ONE frozen network for both. A VLA merges
+            # its LoRA away there (freeze_as_reference), so the reference passes pay no adapter branches.
+            freeze = getattr(base, "freeze_as_reference", None)
+            self.base = freeze() if freeze is not None else base.requires_grad_(False)
+            self.ref = self.base
+        else:
+            self.base = base
+            self.ref = copy.deepcopy(base).requires_grad_(False)
         self.target_critic = copy.deepcopy(critic).requires_grad_(False)
         # a VLA whose frozen prefix is shared by v_θ and the reference computes the prefix once for both
         self.share_condition = actor.same_condition_as(self.ref)
-        if cfg.reference == "frozen":
-            self.base.requires_grad_(False)
+        # ... and, with an EMA reference, for the BC of the base too (the base's prefix is frozen as well)
+        self.share_base_condition = cfg.reference == "ema" and self.share_condition and \
+            actor.same_condition_as(self.base)
         tr = cfg.trust_region
         self.register_buffer("lam", torch.tensor(tr.lam_init, dtype=torch.float64))
         self.register_buffer("kl_ema", torch.tensor(0.0, dtype=torch.float64))
@@ -120,17 +142,21 @@ class TRQAMAgent(Agent):
         return chunked_td_loss(self.critic, self.target_critic, batch, a_next.view_as(batch["actions"]),
                                self.cfg.critic)
 
-    def bc_objective(self, batch: dict[str, Tensor], x0: Tensor, t: Tensor) -> Tensor:
-        """Flow matching of the base on dataset chunks (the BC method's loss), padded steps masked out."""
-        return bc_flow_matching(self.base, batch, x0, t, self.cfg.conventions)
+    def bc_objective(self, batch: dict[str, Tensor], x0: Tensor, t: Tensor, *, cond: Cond = None) -> Tensor:
+        """Flow matching of the base on dataset chunks (the BC method's loss), padded steps masked out; ``cond``
+        is the base's condition at the batch's observations when already computed (a shared frozen prefix)."""
+        base = self.base if cond is None else _GivenCondition(self.base, cond)
+        return bc_flow_matching(base, batch, x0, t, self.cfg.conventions)  # type: ignore[arg-type]
 
-    def actor_objective(self, obs: Any, x0: Tensor, sde_noise: Tensor) -> tuple[Tensor, Tensor, dict]:
+    def actor_objective(self, obs: Any, x0: Tensor, sde_noise: Tensor, *,
+                        cond: Cond = None) -> tuple[Tensor, Tensor, dict]:
         """Algorithm 3's policy update: SDE rollout (12), lean adjoint (13), adjoint matching (14), KL (15).
 
-        v_θ(x_i, t_i) comes from the rollout (``reuse_rollout_velocity``) rather than a second pass."""
+        v_θ(x_i, t_i) comes from the rollout (``reuse_rollout_velocity``) rather than a second pass; ``cond`` is
+        v_θ's condition at ``obs`` when the caller already computed it."""
         T, B, D = self.cfg.flow_steps, x0.shape[0], self.spec.flat_dim  # obs may be a dict (VLA)
         h = 1.0 / T
-        cond_ft = self.actor.condition(obs)
+        cond_ft = self.actor.condition(obs) if cond is None else cond
         cond_ref = cond_ft if self.share_condition else self.ref.condition(obs)
         v_ft, v_ref = self.actor.velocity_fn(cond_ft), self.ref.velocity_fn(cond_ref)
 
@@ -164,11 +190,14 @@ class TRQAMAgent(Agent):
     def loss(self, batch: dict[str, Any], noise: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss of one update (critic + BC of the base + actor) and its metrics, incl. the batch D̂."""
         q_loss, metrics = self.critic_objective(batch, noise["target_x0"], noise)
+        obs = batch["observations"]
+        # one prefix at s for v_θ, the reference and the BC of the base when all three share it (a VLA)
+        cond = self.actor.condition(obs) if self.share_base_condition else None
         if self.cfg.reference == "ema":
-            bc_loss = self.bc_objective(batch, noise["bc_x0"], noise["bc_t"])
+            bc_loss = self.bc_objective(batch, noise["bc_x0"], noise["bc_t"], cond=cond)
         else:
             bc_loss = q_loss.new_zeros(())
-        adj_loss, kl, actor_metrics = self.actor_objective(batch["observations"], noise["x0"], noise["sde"])
+        adj_loss, kl, actor_metrics = self.actor_objective(obs, noise["x0"], noise["sde"], cond=cond)
         metrics.update(actor_metrics)
         metrics["actor/bc_loss"] = bc_loss.detach()
         metrics["actor/path_kl"] = kl

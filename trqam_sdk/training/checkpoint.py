@@ -57,7 +57,7 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """CPU tensors for safetensors (which refuses aliases): any two keys that still share storage are cloned."""
     out, seen = {}, set()
     for k, v in state.items():
@@ -79,7 +79,7 @@ def save_checkpoint(run_dir: str | Path, step: int, agent: Agent, optimizer: tor
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     own, rebuilt = split_state(agent)
-    save_file(_unshared(own), str(tmp / "algorithm.safetensors"))
+    save_file(unshared(own), str(tmp / "algorithm.safetensors"))
     opt_tensors, opt_meta = optimizer_tensors(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     agent.policy.save_pretrained(tmp / "policy")
