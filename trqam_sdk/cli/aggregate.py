@@ -21,9 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trqam_sdk.benchmarks.aggregate import aggregate
+    from trqam_sdk.benchmarks.aggregate import PIPELINE_BENCHMARKS, aggregate
 
-    benchmark_of(args)  # an unknown --benchmark is named before any file is read
+    if args.benchmark not in PIPELINE_BENCHMARKS:  # metaworld's results come from its pipeline, not a registry entry
+        benchmark_of(args)  # an unknown --benchmark is named before any file is read
     runs = args.runs or f"runs/{args.benchmark}"
     if Path(runs).exists() and not Path(runs).is_dir():
         raise NotADirectoryError(f"--runs {runs}: is a file, expected the results folder of `trqam run` / `trqam "

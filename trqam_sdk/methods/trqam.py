@@ -76,7 +76,7 @@ class TRQAMAgent(Agent):
         super().__init__()
         self.cfg, self.flow_steps = cfg, cfg.flow_steps
         self.spec = actor.spec
-        self.actor, self.critic = actor, critic
+        self.actor = actor  # registration order actor, base, critic, ref fixes the parameter order (Adam, grad norm)
         if cfg.reference == "frozen":
             # base and reference never change and are equal: hold ONE frozen network for both. A VLA merges
             # its LoRA away there (freeze_as_reference), so the reference passes pay no adapter branches.
@@ -85,6 +85,8 @@ class TRQAMAgent(Agent):
             self.ref = self.base
         else:
             self.base = base
+        self.critic = critic
+        if cfg.reference != "frozen":
             self.ref = copy.deepcopy(base).requires_grad_(False)
         self.target_critic = copy.deepcopy(critic).requires_grad_(False)
         # a VLA whose frozen prefix is shared by v_θ and the reference computes the prefix once for both
