@@ -45,8 +45,7 @@ def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
     on the same line as a half-written one. Only the last byte is read when the file is intact (logs grow long)."""
     path = Path(path)
     if _torn_tail(path):
-        rows, _ = _parse_jsonl(path, missing_ok=True)
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(path, _parse_jsonl(path, missing_ok=True)[0])
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
 

@@ -19,6 +19,7 @@ when the next run starts.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -207,8 +208,7 @@ def prune(run_dir: str | Path, keep: int, protect: Path | None = None) -> list[P
     if keep <= 0:
         return []
     root = Path(run_dir) / "checkpoints"
-    steps = sorted((int(m[1]), p) for p in root.iterdir() if (m := _STEP.match(p.name))) if root.is_dir() else []
-    intact = [p for s, p in steps if checkpoint_problem(p, s) is None]
+    intact = [p for _, p in reversed(scan_checkpoints(run_dir).intact) if _STEP.match(p.name)]  # oldest first
     best = None
     if (root / "best.json").is_file():
         try:
@@ -225,8 +225,6 @@ def prune(run_dir: str | Path, keep: int, protect: Path | None = None) -> list[P
 
 def mark_best(run_dir: str | Path, step: int, **info: float) -> None:
     """Point ``checkpoints/best.json`` at ``step-N`` (pruning never removes it)."""
-    import json
-
     atomic_write_text(Path(run_dir) / "checkpoints" / "best.json",
                       json.dumps({"step": step, "path": step_name(step), **info}))
 
