@@ -31,6 +31,7 @@ from trqam_sdk.testing.tiny_lerobot import (
     build_tokenizer,
     default_stats,
     local_tokenizer,
+    policy_features,
 )
 
 KINDS = ("smolvla", "pi0", "pi05")
@@ -97,14 +98,6 @@ def image_keys(n_images: int) -> list[str]:
     return [IMAGE_KEY] + [f"observation.images.cam{i}" for i in range(1, n_images)]
 
 
-def _features(keys: list[str], state_dim: int, action_dim: int, image_size: int) -> tuple[dict, dict]:
-    from lerobot.configs import FeatureType, PolicyFeature
-
-    inputs = {k: PolicyFeature(type=FeatureType.VISUAL, shape=(3, image_size, image_size)) for k in keys}
-    inputs["observation.state"] = PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))
-    return inputs, {"action": PolicyFeature(type=FeatureType.ACTION, shape=(action_dim,))}
-
-
 def _stats(keys: list[str], state_dim: int, action_dim: int) -> dict[str, dict[str, torch.Tensor]]:
     stats = default_stats(state_dim, action_dim, keys[0])
     for k in keys[1:]:
@@ -141,7 +134,7 @@ def build_lerobot(kind: str, root: str | Path, size: str = "real", *, device: st
 
     torch.manual_seed(seed)
     keys = image_keys(n_images)
-    inputs, outputs = _features(keys, state_dim, action_dim, image_size or NATIVE_IMAGE[kind])
+    inputs, outputs = policy_features(state_dim, action_dim, image_size or NATIVE_IMAGE[kind], keys)
     common = dict(chunk_size=chunk_size, n_action_steps=chunk_size, input_features=inputs, output_features=outputs,
                   device="cpu")
     norm = {"VISUAL": NormalizationMode.IDENTITY, "STATE": NormalizationMode.MEAN_STD,

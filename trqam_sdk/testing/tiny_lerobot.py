@@ -106,11 +106,13 @@ def local_tokenizer(name: str, folder: Path) -> Iterator[None]:
         tokenizer_processor.AutoTokenizer = real
 
 
-def _features(state_dim: int, action_dim: int, image_size: int, image_key: str = IMAGE_KEY) -> tuple[dict, dict]:
+def policy_features(state_dim: int, action_dim: int, image_size: int, image_keys: Sequence[str] = (IMAGE_KEY,)
+                    ) -> tuple[dict, dict]:
+    """LeRobot input features (the cameras, then the state) and the action feature of a synthetic policy."""
     from lerobot.configs import FeatureType, PolicyFeature
 
-    inputs = {image_key: PolicyFeature(type=FeatureType.VISUAL, shape=(3, image_size, image_size)),
-              "observation.state": PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))}
+    inputs = {k: PolicyFeature(type=FeatureType.VISUAL, shape=(3, image_size, image_size)) for k in image_keys}
+    inputs["observation.state"] = PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))
     return inputs, {"action": PolicyFeature(type=FeatureType.ACTION, shape=(action_dim,))}
 
 
@@ -138,7 +140,7 @@ def build_tiny_lerobot(kind: str, root: str | Path, *, chunk_size: int = 8, stat
 
     root = Path(root)
     torch.manual_seed(seed)
-    inputs, outputs = _features(state_dim, action_dim, image_size, image_key)
+    inputs, outputs = policy_features(state_dim, action_dim, image_size, (image_key,))
     common = dict(chunk_size=chunk_size, n_action_steps=chunk_size, input_features=inputs, output_features=outputs,
                   tokenizer_max_length=16, device="cpu")
     norm = {"VISUAL": NormalizationMode.IDENTITY, "STATE": NormalizationMode.MEAN_STD,
